@@ -37,6 +37,9 @@ class RunInfo:
     steps_per_epoch: int
     device: torch.device
     dataset: Any = None  # the xmcviz Dataset (for label frequencies, probes)
+    # Resuming from a checkpoint taken after this many steps: hooks drop their records of
+    # steps >= resume_step (the resumed run redoes them).  None: a fresh run.
+    resume_step: int | None = None
 
 
 @dataclass

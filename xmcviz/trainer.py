@@ -1,0 +1,691 @@
+"""Training loop: TrainConfig (validated up front), Trainer (steps, eval, checkpoints, hooks).
+
+One step::
+
+    emb = model.embed(x)                                   # [B, d]
+    if sampler.refresh_due(step, epoch): sampler.refresh(W.detach(), step, epoch)
+    neg = sampler.sample(emb.detach(), pos, epoch=..., generator=gen, W=..., bias=..., rows=...)
+    loss = BCE(positives, negatives)                       # xmcviz.loss
+    hooks.before_update(ctx); backward; optimisers step; hooks.after_update(ctx)
+
+Label rows get sparse gradients and SparseAdam (:class:`RowSparseAdam`, a faster step of
+``torch.optim.SparseAdam``) moves only the rows in the loss (O(B (P + R) d) per step,
+independent of L); the encoder uses Adam.  ``sparse_updates=False``
+trains everything with one dense Adam instead (a different algorithm, O(L d) per step).
+
+Reproducibility: the epoch permutation comes from ``numpy.random.default_rng((seed, epoch))``,
+the sampler draws from a ``torch.Generator`` seeded with ``seed``, dropout from the global torch
+RNG seeded with ``seed`` (forked, so the caller's RNG is left alone, and restored from
+checkpoints).  Hooks run under a forked RNG too, so they cannot change the trajectory.  On CPU
+two runs with the same config give identical metrics, and a resumed run ends where the
+uninterrupted one does.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .hooks.base import Hook, RunInfo, StepContext
+from .loss import model_loss
+from .models import MODEL_NAMES, build_model
+from .rundir import (JsonlWriter, RunDir, RunDirNotEmpty, environment_info, load_checkpoint,
+                     save_checkpoint)
+from .samplers.base import NegativeSampler, Positives
+from .samplers.faiss_index import default_clusters  # K's default, shared with the samplers
+from .validation import check_choice, check_float, check_int
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RowSparseAdam", "csr_to_torch",
+           "resolve_device", "epoch_permutation", "DEFAULT_SAMPLER_NAMES"]
+
+#: Used for validation when ``xmcviz.samplers.SAMPLER_NAMES`` cannot be imported.
+DEFAULT_SAMPLER_NAMES = ("full", "uniform", "frequency", "top", "top-uniform", "mips-a", "mips-s")
+MIPS_SAMPLERS = ("mips-a", "mips-s")
+CHECKPOINT_FORMAT = 1
+
+# Settings that may differ between a run and its resumption: they do not change the trajectory.
+_RUN_CONTROL = frozenset({"epochs", "out", "resume", "overwrite", "progress", "device",
+                          "checkpoint_every_steps", "eval_every_steps", "eval_batch_size"})
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the epoch."""
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Names accepted by ``make_sampler`` (the built-in list if the registry is not importable)."""
+    try:
+        from .samplers import SAMPLER_NAMES
+    except ImportError:
+        return DEFAULT_SAMPLER_NAMES
+    return tuple(SAMPLER_NAMES)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is checked and returned."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not supported: allowed 'auto', 'cpu', "
+                             f"'cuda', 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(dev)!r} is not supported: allowed 'auto', 'cpu', "
+                         f"'cuda', 'cuda:N'")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device={str(dev)!r} is not available: no CUDA device (use 'cpu')")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device={str(dev)!r} is out of range: allowed cuda:0..cuda:{n - 1}")
+    return dev
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (written to ``config.json``).
+
+    Data: ``data`` (a spec for :func:`xmcviz.data.resolve`: ``synthetic:NAME``, a preset name,
+    a directory or a file) or ``train`` + ``test`` files; ``data_seed`` seeds synthetic data.
+    Model: ``model`` (``linear`` / ``mlp``), ``hidden``, ``dropout``, ``label_bias``.
+    Sampler: ``sampler``, ``negatives`` (R), ``mips_k`` (k), ``clusters`` (K), ``nprobe`` (tau),
+    ``refresh_every`` (P steps) or ``refreshes_per_epoch`` (PPE), ``warmup_epochs``.
+    Optimisation: ``eta_ratio`` (eta+/eta-), ``lr``, ``batch_size``, ``epochs``, ``seed``,
+    ``sparse_updates`` (SparseAdam on label rows; False: dense Adam on everything).
+    Evaluation: ``eval_every_steps`` (besides every epoch), ``eval_ks``, ``eval_batch_size``,
+    ``propensity_a`` / ``propensity_b`` (None: from the dataset's meta, else 0.55 / 1.5).
+    Run: ``device`` (``auto`` = CUDA when present), ``out`` (None: nothing written),
+    ``checkpoint_every_steps`` (besides every epoch), ``resume``, ``overwrite``, ``progress``.
+    ``None`` for a sampler setting means the sampler's default.
+    """
+
+    data: str | None = None
+    train: str | None = None
+    test: str | None = None
+    data_seed: int = 0
+    model: str = "mlp"
+    hidden: int = 128
+    dropout: float = 0.2
+    label_bias: bool = False
+    sampler: str = "uniform"
+    negatives: int = 100
+    mips_k: int | None = None
+    clusters: int | None = None
+    nprobe: int | None = None
+    refresh_every: int | None = None
+    refreshes_per_epoch: int | None = None
+    warmup_epochs: int = 0
+    eta_ratio: float = 1.0
+    lr: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 5
+    seed: int = 0
+    device: str = "auto"
+    sparse_updates: bool = True
+    eval_every_steps: int | None = None
+    eval_ks: tuple[int, ...] = (1, 3, 5)
+    eval_batch_size: int = 1024
+    propensity_a: float | None = None
+    propensity_b: float | None = None
+    checkpoint_every_steps: int | None = None
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["eval_ks"] = list(self.eval_ks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict (e.g. ``config.json``), ignoring keys that are not settings."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "eval_ks" in kw:
+            kw["eval_ks"] = tuple(kw["eval_ks"])
+        return cls(**kw)
+
+    def validate(self, num_labels: int | None = None, num_train: int | None = None,
+                 custom_model: bool = False) -> "TrainConfig":
+        """Check every setting; raise ``ValueError`` naming the value and the allowed range.
+
+        Checks that need the data (``negatives < L``, ``nprobe <= clusters <= L``, eval k <= L,
+        ``refreshes_per_epoch <= steps per epoch``) run when ``num_labels`` / ``num_train`` are
+        given.  ``custom_model``: a model object is supplied, so ``model`` is not checked.
+        """
+        if not custom_model:
+            check_choice("model", self.model, MODEL_NAMES)
+        check_int("hidden", self.hidden, 1)
+        check_float("dropout", self.dropout, 0.0, 1.0)
+        if self.dropout >= 1.0:
+            raise ValueError(f"dropout={self.dropout!r} is out of range: allowed [0, 1)")
+        check_choice("sampler", self.sampler, sampler_names())
+        check_float("eta_ratio", self.eta_ratio, 0.0, low_inclusive=False)
+        check_float("lr", self.lr, 0.0, low_inclusive=False)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("seed", self.seed, 0)
+        check_int("data_seed", self.data_seed, 0)
+        check_int("warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+        for name in ("eval_every_steps", "checkpoint_every_steps", "refresh_every",
+                     "refreshes_per_epoch"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        if self.refresh_every is not None and self.refreshes_per_epoch is not None:
+            raise ValueError(f"refresh_every={self.refresh_every} and refreshes_per_epoch="
+                             f"{self.refreshes_per_epoch} both set: give at most one")
+        ks = tuple(self.eval_ks) if isinstance(self.eval_ks, (list, tuple)) else ()
+        if not ks:
+            raise ValueError(f"eval_ks={self.eval_ks!r} is not supported: allowed a non-empty "
+                             f"list of integers >= 1")
+        for k in ks:
+            check_int("eval k", k, 1, num_labels)
+        for name in ("propensity_a", "propensity_b"):
+            if getattr(self, name) is not None:
+                check_float(name, getattr(self, name), 0.0)
+        resolve_device(self.device)
+        if self.data is None and (self.train is None or self.test is None):
+            if self.train is not None or self.test is not None:
+                raise ValueError(f"train={self.train!r}, test={self.test!r}: give both files")
+        if self.data is not None and (self.train is not None or self.test is not None):
+            raise ValueError(f"data={self.data!r} and train/test files both set: give one")
+
+        L = num_labels
+        uses_negatives = self.sampler != "full"
+        if uses_negatives:
+            check_int("negatives", self.negatives, 1, None if L is None else L - 1)
+        if self.mips_k is not None:
+            check_int("mips_k", self.mips_k, 1, self.negatives if uses_negatives else L)
+        if self.clusters is not None:
+            check_int("clusters", self.clusters, 1, L)
+        if self.nprobe is not None:
+            K = self.clusters if self.clusters is not None else (
+                None if L is None else default_clusters(L))
+            check_int("nprobe", self.nprobe, 1, K)
+        if self.refreshes_per_epoch is not None and num_train is not None:
+            check_int("refreshes_per_epoch", self.refreshes_per_epoch, 1,
+                      steps_per_epoch(num_train, self.batch_size))
+        return self
+
+
+def steps_per_epoch(num_rows: int, batch_size: int) -> int:
+    return max(1, -(-int(num_rows) // int(batch_size)))
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The row order of ``epoch``: a function of (seed, epoch) only, so a resumed run repeats it."""
+    return np.random.default_rng((int(seed), int(epoch))).permutation(n)
+
+
+def csr_to_torch(X: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A scipy CSR matrix as a torch sparse CSR float32 tensor on ``device`` (no Python loop)."""
+    X = sp.csr_matrix(X)
+    crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))
+    col = torch.from_numpy(X.indices.astype(np.int64, copy=False))
+    val = torch.from_numpy(X.data.astype(np.float32, copy=False))
+    # check_invariants=False: scipy already guarantees a valid CSR (and torch warns otherwise).
+    return torch.sparse_csr_tensor(crow, col, val, size=X.shape, dtype=torch.float32,
+                                   device=device, check_invariants=False)
+
+
+class RowSparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
+
+    SparseAdam's reference step goes through several sparse-mask / sparse-add passes; this one
+    coalesces the gradient once, gathers the touched rows of the two moments
+    (``index_select``), updates them densely and writes them back (``index_copy_``), then
+    ``index_add_``s the update into the parameter.  Only the rows in the gradient are read or
+    written, so a step costs O(U d) for U touched rows, and about half of SparseAdam's time on
+    large L (the rows are scattered in memory there).  Results agree with SparseAdam to float
+    rounding.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps, lr = group["eps"], float(group["lr"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("RowSparseAdam needs sparse gradients: use Adam for dense")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad = p.grad.coalesce()  # duplicate rows summed: the update is non-linear
+                idx = grad._indices()[0]
+                g = grad._values()
+                if group.get("maximize", False):
+                    g = -g
+                if idx.numel() == 0:
+                    continue
+                m = state["exp_avg"].index_select(0, idx)
+                v = state["exp_avg_sq"].index_select(0, idx)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, idx, m)
+                state["exp_avg_sq"].index_copy_(0, idx, v)
+                t = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                p.index_add_(0, idx, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
+        return loss
+
+
+def _propensity_from_meta(meta: dict) -> tuple[float | None, float | None]:
+    meta = meta or {}
+    p = meta.get("propensity")
+    if isinstance(p, dict):
+        return p.get("A", p.get("a")), p.get("B", p.get("b"))
+    if isinstance(p, (list, tuple)) and len(p) == 2:
+        return p[0], p[1]
+    return (meta.get("propensity_a", meta.get("A")), meta.get("propensity_b", meta.get("B")))
+
+
+class Trainer:
+    """Train a model with sampled negatives; evaluate, checkpoint and call hooks.
+
+    ``Trainer(config, dataset=None, hooks=(), model=None, sampler=None)``: everything is built
+    and validated here, before any training (``ValueError`` on a bad setting, naming the value
+    and the allowed range; a non-empty ``out`` without ``resume`` / ``overwrite`` is refused).
+    ``dataset`` defaults to the one ``config`` names; ``model`` to ``build_model(config.model,
+    ...)`` (any :class:`~xmcviz.models.XMCModel`, with a custom encoder, may be given);
+    ``sampler`` to ``make_sampler(config.sampler, ...)``.  :meth:`train` runs the loop and
+    returns the last evaluation record.
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Any = None, hooks: Iterable[Hook] = (),
+                 model: torch.nn.Module | None = None,
+                 sampler: NegativeSampler | None = None) -> None:
+        self.config = config
+        config.validate(custom_model=model is not None)
+        self.device = resolve_device(config.device)
+        self.dataset = dataset if dataset is not None else self._load_data(config)
+        ds = self.dataset
+        self.num_labels = int(ds.num_labels)
+        self.num_train = int(ds.X_train.shape[0])
+        if self.num_train < 1:
+            raise ValueError("the dataset has no training rows")
+        config.validate(self.num_labels, self.num_train, custom_model=model is not None)
+        self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size)
+        self.hooks: list[Hook] = list(hooks)
+        self._rng_devices = [self.device] if self.device.type == "cuda" else []
+
+        # Label statistics once: frequencies for the samplers, propensities for PSP@k.
+        self.label_freq = np.bincount(sp.csr_matrix(ds.Y_train).indices,
+                                      minlength=self.num_labels).astype(np.float64)
+        a, b = _propensity_from_meta(getattr(ds, "meta", {}))
+        self.propensity = (float(config.propensity_a if config.propensity_a is not None
+                                 else a if a is not None else 0.55),
+                           float(config.propensity_b if config.propensity_b is not None
+                                 else b if b is not None else 1.5))
+        from .metrics import inv_propensity
+        self.inv_propensity = inv_propensity(ds.Y_train, *self.propensity)
+
+        # Model (initialised from the seed, without touching the caller's RNG).
+        if model is None:
+            with torch.random.fork_rng(devices=self._rng_devices):
+                self._seed_global_rng()
+                model = build_model(config.model, ds.num_features, self.num_labels,
+                                    hidden=config.hidden, dropout=config.dropout,
+                                    label_bias=config.label_bias,
+                                    sparse_grad=config.sparse_updates)
+        if getattr(model, "W", None) is None or tuple(model.W.shape)[0] != self.num_labels:
+            raise ValueError(f"model.W must be [num_labels={self.num_labels}, d]")
+        if hasattr(model, "sparse_grad"):
+            model.sparse_grad = bool(config.sparse_updates)
+        elif config.sparse_updates:
+            raise ValueError("sparse_updates=True needs a model with sparse label gradients "
+                             "(an XMCModel); pass sparse_updates=False")
+        self.model = model.to(self.device)
+        self.optimizers = self._build_optimizers()
+
+        self.sampler = sampler if sampler is not None else self._build_sampler()
+        if self.sampler.num_labels != self.num_labels:
+            raise ValueError(f"sampler has num_labels={self.sampler.num_labels}: expected "
+                             f"{self.num_labels}")
+        self.sampler.set_steps_per_epoch(self.steps_per_epoch)
+        limit = getattr(self.sampler, "max_elements", None)  # the full loss: B x L per batch
+        if limit is not None and config.batch_size * self.num_labels > limit:
+            raise ValueError(f"batch_size={config.batch_size} is out of range for sampler "
+                             f"{config.sampler!r} with L={self.num_labels}: allowed "
+                             f"[1, {max(1, limit // self.num_labels)}]")
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+
+        # Progress through training; restored from a checkpoint on resume.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.time_s = 0.0
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self.history: list[dict] = []
+        self._torch_rng: torch.Tensor | None = None
+        self._cuda_rng: torch.Tensor | None = None
+        self.resume_step: int | None = None
+        self._started = False
+        self._metrics_writer: JsonlWriter | None = None
+
+        self.run_dir = RunDir(config.out) if config.out is not None else None
+        if self.run_dir is not None:
+            if self.run_dir.is_nonempty() and not (config.resume or config.overwrite):
+                raise RunDirNotEmpty(
+                    f"out={config.out!r} is not empty (it holds a run): pass resume=True "
+                    f"(--resume) to continue it or overwrite=True (--overwrite) to replace it")
+            if config.resume:
+                self.resume_step = 0
+                if self.run_dir.has_checkpoint():
+                    self._load_checkpoint(load_checkpoint(self.run_dir.checkpoint_path))
+        elif config.resume:
+            raise ValueError("resume=True needs out= (the run directory to resume)")
+
+    # ------------------------------------------------------------------ construction
+    def _seed_global_rng(self) -> None:
+        # Only the generators that fork_rng saves and restores: the CPU one and our device's.
+        torch.default_generator.manual_seed(self.config.seed)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(self.config.seed)
+
+    @staticmethod
+    def _load_data(config: TrainConfig):
+        from . import data
+        if config.data is not None:
+            return data.resolve(config.data, seed=config.data_seed)
+        if config.train is not None and config.test is not None:
+            return data.load(train=config.train, test=config.test)
+        raise ValueError("no data: give data= (a name, directory or file), train= and test=, "
+                         "or a Dataset")
+
+    def _build_optimizers(self) -> list[torch.optim.Optimizer]:
+        lr = self.config.lr
+        if not self.config.sparse_updates:
+            return [torch.optim.Adam(self.model.parameters(), lr=lr)]
+        label = [self.model.W] + ([self.model.bias] if getattr(self.model, "bias", None)
+                                  is not None else [])
+        ids = {id(p) for p in label}
+        dense = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
+        opts: list[torch.optim.Optimizer] = [RowSparseAdam(label, lr=lr)]
+        if dense:
+            opts.append(torch.optim.Adam(dense, lr=lr))
+        return opts
+
+    def _build_sampler(self) -> NegativeSampler:
+        from .samplers import make_sampler
+        c = self.config
+        R = c.negatives if c.sampler != "full" else self.num_labels - 1
+        return make_sampler(c.sampler, num_labels=self.num_labels, num_negatives=R,
+                            label_freq=self.label_freq, mips_k=c.mips_k, clusters=c.clusters,
+                            nprobe=c.nprobe, refresh_every=c.refresh_every,
+                            refreshes_per_epoch=c.refreshes_per_epoch,
+                            warmup_epochs=c.warmup_epochs, seed=c.seed)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly where this one is."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state(self.device)
+                         if self.device.type == "cuda" else None),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "time_s": self.time_s,
+            "loss_sum": self._loss_sum,
+            "loss_count": self._loss_count,
+            "metrics": list(self.history),
+        }
+
+    def _load_checkpoint(self, ck: dict) -> None:
+        old = ck.get("config", {})
+        mine = self.config.to_dict()
+        diff = sorted(k for k in mine if k not in _RUN_CONTROL and k in old and old[k] != mine[k])
+        if diff:
+            desc = ", ".join(f"{k}={mine[k]!r} (checkpoint: {old[k]!r})" for k in diff)
+            raise ValueError(f"resume: settings differ from the checkpointed run: {desc}")
+        self.model.load_state_dict(ck["model"])
+        for opt, st in zip(self.optimizers, ck["optimizers"], strict=True):
+            opt.load_state_dict(st)
+        self.sampler.load_state_dict(ck["sampler"])
+        self.generator.set_state(ck["generator"])
+        self._torch_rng = ck["torch_rng"]
+        self._cuda_rng = ck.get("cuda_rng") if self.device.type == "cuda" else None
+        self.epoch, self.batch_in_epoch = int(ck["epoch"]), int(ck["batch_in_epoch"])
+        self.step = int(ck["step"])
+        self.time_s = float(ck["time_s"])
+        self._loss_sum, self._loss_count = float(ck["loss_sum"]), int(ck["loss_count"])
+        self.history = list(ck["metrics"])
+        self.resume_step = self.step
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically (no-op without a run directory)."""
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir.checkpoint_path, self.state_dict())
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the current model on the test split (top-k streamed, never N x L)."""
+        from .metrics import evaluate, predict_topk
+        ds, c = self.dataset, self.config
+        was_training = self.model.training
+        self.model.eval()
+        X = sp.csr_matrix(ds.X_test)
+        dim = int(self.model.W.shape[1])
+        # Dense [rows, d] embeddings per batch: bound their size for wide (linear) models.
+        rows = max(1, min(c.eval_batch_size, (1 << 25) // max(dim, 1)))
+        kmax = max(c.eval_ks)
+
+        def embeddings():
+            for s in range(0, X.shape[0], rows):
+                yield self.model.embed(csr_to_torch(X[s:s + rows], self.device))
+
+        try:
+            W = self.model.W.detach()
+            bias = self.model.bias.detach() if getattr(self.model, "bias", None) is not None \
+                else None
+            topk = predict_topk(embeddings(), W, kmax, bias=bias, row_batch=rows)
+        finally:
+            self.model.train(was_training)
+        return evaluate(topk, ds.Y_test, ks=tuple(c.eval_ks),
+                        inv_propensity=self.inv_propensity)
+
+    def _eval_and_log(self) -> dict:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        record = {
+            "epoch": round(self.step / self.steps_per_epoch, 6),
+            "step": self.step,
+            "time_s": self.time_s,
+            "loss": self._loss_sum / self._loss_count if self._loss_count else None,
+            **metrics,
+            "eval_s": time.perf_counter() - t0,
+        }
+        self._loss_sum, self._loss_count = 0.0, 0
+        self.history.append(record)
+        if self._metrics_writer is not None:
+            self._metrics_writer.write(record)
+        self._call_hooks("on_eval", dict(record))
+        return record
+
+    # ------------------------------------------------------------------ hooks
+    def _call_hooks(self, moment: str, arg: Any, step: int | None = None) -> None:
+        hooks = [h for h in self.hooks if step is None or h.wants(step)]
+        if not hooks:
+            return
+        # A forked RNG: a hook drawing random numbers cannot shift dropout or the sampler.
+        with torch.random.fork_rng(devices=self._rng_devices):
+            for h in hooks:
+                getattr(h, moment)(arg)
+
+    def run_info(self) -> RunInfo:
+        return RunInfo(run_dir=None if self.run_dir is None else self.run_dir.path,
+                       config=self.config.to_dict(), num_labels=self.num_labels,
+                       num_features=int(self.dataset.num_features),
+                       steps_per_epoch=self.steps_per_epoch, device=self.device,
+                       dataset=self.dataset, resume_step=self.resume_step)
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> dict:
+        """Train to ``config.epochs``; returns the last evaluation record (metrics.jsonl's)."""
+        if self._started:
+            raise RuntimeError("train() was already called on this Trainer: build a new one")
+        self._started = True
+        with torch.random.fork_rng(devices=self._rng_devices):
+            if self._torch_rng is not None:
+                torch.set_rng_state(self._torch_rng)
+                if self._cuda_rng is not None:
+                    torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            else:
+                self._seed_global_rng()
+            try:
+                self._open_run_dir()
+                self._call_hooks("on_train_start", self.run_info())
+                self._loop()
+            finally:
+                if self._metrics_writer is not None:
+                    self._metrics_writer.close()
+                self._close_hooks()
+        return dict(self.history[-1]) if self.history else {}
+
+    def _open_run_dir(self) -> None:
+        if self.run_dir is None:
+            return
+        c = self.config
+        self.run_dir.prepare(resume=c.resume, overwrite=c.overwrite)
+        if self.resume_step is not None:
+            self.run_dir.truncate_metrics(self.resume_step)
+        self.run_dir.write_config({
+            **c.to_dict(),
+            "resolved": {"device": str(self.device), "propensity_a": self.propensity[0],
+                         "propensity_b": self.propensity[1], "num_labels": self.num_labels,
+                         "num_features": int(self.dataset.num_features),
+                         "train_rows": self.num_train,
+                         "test_rows": int(self.dataset.X_test.shape[0]),
+                         "steps_per_epoch": self.steps_per_epoch,
+                         "dim": int(self.model.W.shape[1]), "resumed_from_step": self.resume_step,
+                         "dataset": getattr(self.dataset, "name", None)},
+            "environment": environment_info(self.device),
+        })
+        self._metrics_writer = self.run_dir.metrics_writer()
+
+    def _close_hooks(self) -> None:
+        errors = []
+        for h in self.hooks:
+            try:
+                h.close()
+            except Exception as e:  # close the others anyway; report the first failure
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+        c, ds = self.config, self.dataset
+        X, Y = sp.csr_matrix(ds.X_train), sp.csr_matrix(ds.Y_train)
+        spe, B = self.steps_per_epoch, c.batch_size
+        self.model.train()
+        while self.epoch < c.epochs:
+            epoch = self.epoch
+            perm = epoch_permutation(c.seed, epoch, self.num_train)
+            bar = tqdm(total=spe, initial=self.batch_in_epoch, disable=not c.progress,
+                       desc=f"epoch {epoch + 1}/{c.epochs}", unit="step", leave=True)
+            try:
+                while self.epoch == epoch and self.batch_in_epoch < spe:
+                    rows = perm[self.batch_in_epoch * B:(self.batch_in_epoch + 1) * B]
+                    loss = self._train_step(X, Y, rows)
+                    bar.update(1)
+                    end_of_epoch = self.batch_in_epoch == spe
+                    if self.step % 20 == 0 or end_of_epoch:
+                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if end_of_epoch:
+                        self.epoch, self.batch_in_epoch = epoch + 1, 0
+                    if end_of_epoch or (c.eval_every_steps and self.step % c.eval_every_steps == 0):
+                        self._eval_and_log()
+                    if end_of_epoch or (c.checkpoint_every_steps
+                                        and self.step % c.checkpoint_every_steps == 0):
+                        self.save_checkpoint()
+            finally:
+                bar.close()
+
+    def _train_step(self, X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray) -> float:
+        c, dev = self.config, self.device
+        t0 = time.perf_counter()
+        step, epoch, in_epoch = self.step, self.epoch, self.batch_in_epoch
+        x = csr_to_torch(X[rows], dev)
+        pos = Positives.from_csr(Y, rows, device=dev)
+        rows_t = torch.as_tensor(rows, dtype=torch.int64, device=dev)
+
+        emb = self.model.embed(x)
+        W = self.model.W.detach()
+        bias = self.model.bias.detach() if getattr(self.model, "bias", None) is not None else None
+        if self.sampler.refresh_due(step, epoch):
+            # Without a bias, the plain call: samplers written without the keyword still work.
+            info = (self.sampler.refresh(W, step, epoch) if bias is None
+                    else self.sampler.refresh(W, step, epoch, bias=bias))
+            self._call_hooks("on_refresh", {"step": step, "epoch": epoch, **(info or {})})
+        neg = self.sampler.sample(emb.detach(), pos, epoch=epoch, generator=self.generator,
+                                  W=W, bias=bias, rows=rows_t)
+        out = model_loss(self.model, emb, pos, neg, c.eta_ratio)
+        loss = float(out.loss.detach())
+        if not math.isfinite(loss):
+            where = "" if self.run_dir is None else \
+                f"; the evaluations logged so far are in {self.run_dir.metrics_path}"
+            raise TrainingDiverged(f"training diverged: loss={loss} at step {step} (epoch "
+                                   f"{epoch}, batch {in_epoch} of the epoch){where}")
+
+        ctx = None
+        if any(h.wants(step) for h in self.hooks):
+            ctx = StepContext(step=step, epoch=epoch, step_in_epoch=in_epoch, rows=rows_t,
+                              emb=emb.detach(), positives=pos, negatives=neg,
+                              pos_scores=out.pos_scores.detach(),
+                              neg_scores=out.neg_scores.detach(), loss=loss, model=self.model,
+                              sampler=self.sampler, eta_ratio=c.eta_ratio,
+                              steps_since_refresh=self.sampler.steps_since_refresh(step),
+                              refresh_interval=self.sampler.refresh_interval())
+            t_hooks = time.perf_counter()
+            self._call_hooks("before_update", ctx, step)
+            t0 += time.perf_counter() - t_hooks  # hook time is not training time
+
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        if ctx is not None:
+            t_hooks = time.perf_counter()
+            self._call_hooks("after_update", ctx, step)
+            t0 += time.perf_counter() - t_hooks
+
+        self.step += 1
+        self.batch_in_epoch += 1
+        self._loss_sum += loss
+        self._loss_count += 1
+        self.time_s += time.perf_counter() - t0
+        return loss
