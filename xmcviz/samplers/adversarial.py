@@ -39,7 +39,7 @@ class AdversarialSampler(NegativeSampler):
 
     def __init__(self, tree: LabelTree, pca: SparsePCA, X_train: sp.spmatrix | np.ndarray,
                  num_negatives: int, *, device: torch.device | str = "cpu",
-                 fit_info: dict | None = None) -> None:
+                 fit_info: dict | None = None, z_train: torch.Tensor | None = None) -> None:
         super().__init__(tree.num_labels, num_negatives)
         if pca.k != tree.k:
             raise ValueError(f"PCA has k={pca.k} dims but the tree was fitted on k={tree.k}")
@@ -49,7 +49,11 @@ class AdversarialSampler(NegativeSampler):
         self.tree = tree.to(self.device)
         self.pca = pca
         self.X_train = X_train
-        self.z_train = pca.transform_torch(X_train, self.device)
+        # z_train may be handed in by the factory, which has just computed it.
+        self.z_train = (pca.transform_torch(X_train, self.device) if z_train is None
+                        else z_train.to(self.device, torch.float32))
+        if self.z_train.shape != (X_train.shape[0], pca.k):
+            raise ValueError(f"z_train has shape {tuple(self.z_train.shape)}, expected {(X_train.shape[0], pca.k)}")
         self.fit_info = dict(fit_info or {})
 
     @property
@@ -70,12 +74,13 @@ class AdversarialSampler(NegativeSampler):
         """R negatives per row from p_n(.|x_rows); ``log_q`` = log p_n of each.
 
         ``rows`` (int [B]) are the dataset row ids of the batch and are
-        required.  Everything runs on the sampler's device (``generator`` must
-        live there); the result is moved to ``emb.device``.
+        required.  The sampler moves itself (once) to ``emb.device``, where the
+        trainer's ``generator`` lives, and samples there.
         """
         if rows is None:
             raise ValueError("AdversarialSampler.sample needs rows= (the batch's dataset row ids into "
                              "X_train): p_n(y|x) depends on the raw input, not on the embedding")
+        self.to(emb.device)
         rows = torch.as_tensor(rows, dtype=torch.int64).to(self.device).reshape(-1)
         B = emb.shape[0]
         if rows.shape[0] != B:
@@ -85,17 +90,22 @@ class AdversarialSampler(NegativeSampler):
         is_pos = ((ids[:, :, None] == pos_ids[:, None, :]) & pos_mask[:, None, :]).any(2)
         mask = ~is_pos & ~_repeats(ids)
         source = torch.full(ids.shape, SOURCE_ADVERSARIAL, dtype=torch.uint8, device=self.device)
-        out = emb.device
-        return Negatives(ids.to(out), mask.to(out), source.to(out), log_q.to(out))
+        return Negatives(ids, mask, source, log_q)
 
     # -- bias removal -----------------------------------------------------
     def project(self, X: sp.spmatrix | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``z`` [n, k] on the sampler's device: rows of a feature matrix (CSR or
-        dense, D columns) are projected; a tensor with k columns is taken as z."""
-        if isinstance(X, torch.Tensor) and X.ndim == 2 and X.shape[1] == self.pca.k and not X.is_sparse:
+        """``z`` [n, k] (float32, on the sampler's device) of some rows.
+
+        A scipy matrix, a numpy array or a torch *sparse* tensor holds features
+        ([n, D]) and is projected with the PCA; a dense torch tensor is taken
+        to be ``z`` already and must have k columns."""
+        if isinstance(X, torch.Tensor) and X.layout == torch.strided:
+            if X.ndim != 2 or X.shape[1] != self.pca.k:
+                raise ValueError(f"a dense tensor is taken as z and must be [n, k={self.pca.k}], "
+                                 f"got shape {tuple(X.shape)}; pass features as scipy/numpy")
             return X.to(self.device, torch.float32)
         if isinstance(X, torch.Tensor):
-            X = X.to_dense().cpu().numpy() if X.layout != torch.strided else X.cpu().numpy()
+            X = X.to_dense().cpu().numpy()
         return self.pca.transform_torch(X, self.device)
 
     def log_pn(self, X: sp.spmatrix | np.ndarray | torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,8 +160,8 @@ def _repeats(ids: torch.Tensor) -> torch.Tensor:
 
 
 def fit_adversarial_sampler(X_train: sp.spmatrix | np.ndarray, Y_train: sp.spmatrix, num_negatives: int, *,
-                            k: int = 16, pairs: str = "all", lambda_n: float = 0.1, max_rounds: int = 10,
-                            newton_steps: int = 10, logit_clip: float = 20.0, seed: int = 0,
+                            k: int = 16, pairs: str = "all", lambda_n: float = 0.1, max_rounds: int = 20,
+                            newton_steps: int = 1, logit_clip: float = 20.0, seed: int = 0,
                             device: torch.device | str = "cpu") -> AdversarialSampler:
     """Fit PCA (k dims, ``seed``) and the label tree on the training data; return the sampler.
 
@@ -187,4 +197,4 @@ def fit_adversarial_sampler(X_train: sp.spmatrix | np.ndarray, Y_train: sp.spmat
                           newton_steps=newton_steps, logit_clip=logit_clip)
     info = {"pca_s": pca_s, "tree": tree.info, "k": k, "pairs": pairs, "seed": seed,
             "num_pairs": int(rows.shape[0]), "total_s": time.perf_counter() - t0}
-    return AdversarialSampler(tree, pca, X_train, num_negatives, device=device, fit_info=info)
+    return AdversarialSampler(tree, pca, X_train, num_negatives, device=device, fit_info=info, z_train=z)

@@ -1,0 +1,10 @@
+"""Auxiliary model of the adversarial sampler (Bamler & Mandt, ICLR 2020).
+
+``pca`` projects sparse inputs to k dims; ``tree`` is the balanced label tree
+p_n(y|x) (fit, log-probabilities, ancestral sampling).  The sampler itself is
+``xmcviz.samplers.adversarial``.
+"""
+from .pca import SparsePCA
+from .tree import LabelTree, fit_label_tree, newton_step, training_pairs
+
+__all__ = ["SparsePCA", "LabelTree", "fit_label_tree", "newton_step", "training_pairs"]
