@@ -13,3 +13,9 @@ def shared_data() -> Path:
     if not d.is_dir():
         pytest.skip("../shared/data not present")
     return d
+
+
+def pytest_configure(config):
+    # Tiny tensors: several threads per op only oversubscribe the 2 CI cores (50x slower steps).
+    import torch
+    torch.set_num_threads(1)

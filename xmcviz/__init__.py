@@ -1,7 +1,7 @@
 """xmcviz: instruments for hard-negative sampling in extreme multi-label classification.
 
-Entry points: ``xmcviz.data`` (datasets), ``xmcviz.train`` / ``xmcviz.trainer``
-(training), ``xmcviz.hooks`` (instruments), ``xmcviz.load_run`` (read a run),
+Entry points: ``xmcviz.data`` (datasets), ``xmcviz.trainer`` (``Trainer``, ``TrainConfig``)
+and ``xmcviz.samplers`` (training), ``xmcviz.hooks`` (instruments), ``xmcviz.load_run`` (read a run),
 ``xmcviz.plots`` (figures).
 """
 __version__ = "0.1.0"

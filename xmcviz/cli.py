@@ -1,4 +1,4 @@
-"""Command line: ``xmcviz train|data ...`` (also ``python -m xmcviz``).
+"""Command line: ``xmcviz train|data|inspect|sweep ...`` (also ``python -m xmcviz``).
 
 Subcommands live in :data:`COMMANDS`, a dict ``name -> Command(add_arguments, run, help)``;
 adding one (``inspect``, ``sweep``) takes a few lines::
@@ -102,6 +102,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("instruments")
+    g.add_argument("--hooks", default="default", metavar="SPEC",
+                   help="hooks as NAME[:EVERY],... from ranks, freq, grad, staleness, metrics; "
+                        "'default' = ranks,freq,grad,staleness at their default intervals; "
+                        "'none' = no hooks (files under OUT/hooks/)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -128,9 +133,11 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace, hooks: Sequence = ()) -> int:
     """``xmcviz train``: validate everything, train, print the final metrics as JSON."""
+    from .hooks import make_hooks
     from .trainer import Trainer, TrainingDiverged
     try:
         config = config_from_args(args)
+        hooks = [*make_hooks(getattr(args, "hooks", None)), *hooks]
         config.validate()  # settings that need no data, before the (maybe slow) loading
         if config.data is None and config.train is None:
             raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
@@ -173,6 +180,32 @@ def run_data(args: argparse.Namespace) -> int:
 
 register_command("train", add_train_arguments, run_train, "train a model with sampled negatives")
 register_command("data", add_data_arguments, run_data, "summarise a dataset")
+
+
+# ------------------------------------------------------------------------- inspect, sweep
+def _add_inspect(p: argparse.ArgumentParser) -> None:
+    from .inspect import add_inspect_arguments
+    add_inspect_arguments(p)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .inspect import run_inspect_cli
+    return run_inspect_cli(args)
+
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    from .sweep import add_sweep_arguments
+    add_sweep_arguments(p)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep_cli
+    return run_sweep_cli(args)
+
+
+register_command("inspect", _add_inspect, _run_inspect, "print a short summary of a run directory")
+register_command("sweep", _add_sweep, _run_sweep,
+                 "run a notebook with papermill over a parameter grid")
 
 
 # ----------------------------------------------------------------------------------- main

@@ -38,7 +38,7 @@ class RecordingHook(Hook):
         resume = getattr(run, "resume_step", None)
         if resume is not None:
             self.truncate_for_resume(d, resume)
-        self._jsonl = JsonlWriter(d / f"{self.name}.jsonl")
+        self._jsonl = JsonlWriter(d / f"{self.name}.jsonl", fsync=False)  # flushed: survives SIGKILL
         self._bins = {s: RecordWriter(d / f"{self.name}{s}.bin", dt) for s, dt in self.record_dtypes.items()}
 
     def truncate_for_resume(self, d, resume_step: int) -> None:

@@ -21,22 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-class JsonlWriter:
-    """Append JSON objects to a file, one line each, flushed per record."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+# JSON lines are shared with the run directory (metrics.jsonl): one implementation.
+from ..rundir import JsonlWriter, read_jsonl, truncate_jsonl  # noqa: F401  (re-exported)
 
 
 class RecordWriter:
@@ -79,37 +65,6 @@ def read_records(path: Path) -> np.ndarray:
     raw = path.read_bytes()
     n = len(raw) // dtype.itemsize
     return np.frombuffer(raw[: n * dtype.itemsize], dtype=dtype).copy()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSON-lines file, dropping a torn (unparsable, unterminated) last line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # the last line may be torn by a kill
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON object: {line[:80]!r}") from None
-    return out
-
-
-def truncate_jsonl(path: Path, keep) -> None:
-    """Rewrite ``path`` keeping only records for which ``keep(record)`` is true (resume)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = [r for r in read_jsonl(path) if keep(r)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
-    os.replace(tmp, path)
 
 
 def truncate_records(path: Path, max_step: int, field: str = "step") -> None:
