@@ -10,12 +10,6 @@ from xmcviz.cli import COMMANDS, build_parser, main, register_command
 from xmcviz.rundir import read_jsonl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TRAIN = ["train", "--data", "synthetic:tiny", "--hidden", "16", "--negatives", "10",

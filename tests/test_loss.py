@@ -10,12 +10,6 @@ from xmcviz.models import XMCModel
 from xmcviz.samplers.base import Negatives, Positives
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _scores(seed=0):

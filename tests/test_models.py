@@ -10,13 +10,6 @@ from xmcviz.models import LinearEncoder, MLPEncoder, XMCModel, build_model
 from xmcviz.trainer import csr_to_torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machines are shared: OpenMP spinning on busy cores makes tiny ops 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(B=6, D=40, density=0.2, seed=0):

@@ -16,13 +16,6 @@ from xmcviz.trainer import (RowSparseAdam, TrainConfig, Trainer, TrainingDiverge
 TIMING = ("time_s", "eval_s")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Shared CPUs: OpenMP spinning on busy cores makes small ops 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
