@@ -29,6 +29,36 @@ def default_nprobe(clusters: int) -> int:
     return min(DEFAULT_NPROBE, clusters)
 
 
+def assemble_negatives(candidates: torch.Tensor, positives: Positives, k: int,
+                       num_negatives: int, num_labels: int,
+                       generator: torch.Generator | None = None,
+                       table: torch.Tensor | None = None) -> Negatives:
+    """MIPS-a / MIPS-s negatives from ranked search results, for the whole batch at once.
+
+    ``candidates`` [B, n]: label ids best first (-1: no result).  Per row: the first ``k``
+    that are not positives (``SOURCE_MIPS``, ``mask`` False where the row had fewer), then
+    ``num_negatives - k`` uniform negatives (``SOURCE_UNIFORM``); a label repeating an
+    earlier one of its row is masked (the search results themselves hold each label at
+    most once, as an IVF search returns them).  ``table``: the rows' :func:`sorted_positive_table`
+    when the caller already has it.  No Python loop over rows (the benchmark
+    ``benchmarks/step_cost.py`` times it against a per-row loop)."""
+    device = candidates.device
+    pos = positives_on(positives, device)
+    if table is None:
+        table, _ = sorted_positive_table(pos)
+    ids, ok = first_k_negatives(candidates, table, k)
+    rest = num_negatives - k
+    if rest > 0:
+        uni, uni_ok = uniform_excluding(pos, num_labels, rest, generator, device)
+        ids, ok = torch.cat([ids, uni], dim=1), torch.cat([ok, uni_ok], dim=1)
+        mask = first_occurrence(ids, ok)
+    else:
+        mask = ok  # one search returns each label at most once: nothing to de-duplicate
+    source = torch.full(ids.shape, SOURCE_UNIFORM, dtype=torch.uint8, device=device)
+    source[:, :k] = SOURCE_MIPS
+    return Negatives(ids, mask, source)
+
+
 class MipsSampler(NegativeSampler):
     """``k`` negatives per row from approximate MIPS over the snapshot, ``R - k`` uniform.
 
@@ -145,24 +175,16 @@ class MipsSampler(NegativeSampler):
         if not self.index.is_built:
             raise RuntimeError("the MIPS index is not built: call refresh(W, step, epoch) first "
                                "(refresh_due() is True before the first sample)")
-        device = emb.device
-        pos = positives_on(positives, device)
+        pos = positives_on(positives, emb.device)
         table, count = sorted_positive_table(pos)
         most = int(count.max()) if count.numel() else 0
         width = min(self.k + most, self.num_labels)
         _, cand = self.index.search(emb, width)
-        hard, filled = first_k_negatives(cand, table, self.k)
-        self.last_unfilled = int((~filled).sum())
+        neg = assemble_negatives(cand, pos, self.k, self.num_negatives, self.num_labels,
+                                 generator, table=table)
+        self.last_unfilled = int((~neg.mask[:, :self.k]).sum())
         self.unfilled_total += self.last_unfilled
-        ids, ok = hard, filled
-        rest = self.num_negatives - self.k
-        if rest > 0:
-            uni, uni_ok = uniform_excluding(pos, self.num_labels, rest, generator, device)
-            ids, ok = torch.cat([hard, uni], dim=1), torch.cat([filled, uni_ok], dim=1)
-        mask = first_occurrence(ids, ok)
-        source = torch.full(ids.shape, SOURCE_UNIFORM, dtype=torch.uint8, device=device)
-        source[:, :self.k] = SOURCE_MIPS
-        return Negatives(ids, mask, source)
+        return neg
 
     # -- checkpointing --------------------------------------------------
     def state_dict(self) -> dict:

@@ -9,6 +9,7 @@ O(log P) per query, whatever the number of positives P.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import Positives
@@ -18,6 +19,8 @@ from .base import Positives
 _RAND_HIGH = 2 ** 62
 # Padding of a sorted positive table: above every label id and every candidate.
 PAD = torch.iinfo(torch.int64).max
+# Up to this many positives per row, counting by broadcast compare is faster than searchsorted.
+_BROADCAST_MAX = 16
 
 
 def sorted_positive_table(positives: Positives) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +90,13 @@ def nth_negative(table: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     v + #{k : p_(k) - k <= v}; p_(k) - k is non-decreasing, hence a binary search."""
     shifted = table - torch.arange(table.shape[1], device=table.device)
     shifted = torch.where(table != PAD, shifted, PAD)  # padding: never counted
+    if table.shape[1] <= _BROADCAST_MAX:
+        # A few positives per row: one compare per positive column (whole batch each)
+        # beats a batched binary search.
+        out = v.clone()
+        for j in range(table.shape[1]):
+            out += shifted[:, j:j + 1] <= v
+        return out
     return v + torch.searchsorted(shifted.contiguous(), v.contiguous(), right=True)
 
 
@@ -94,17 +104,24 @@ def first_occurrence(ids: torch.Tensor, valid: torch.Tensor | None = None) -> to
     """bool [B, n]: True for the first (leftmost) valid occurrence of each id in its row.
 
     Entries with ``valid`` False are ignored (never keep, never shadow a later
-    valid entry).  Vectorised: stable sort per row, compare neighbours, scatter
-    back."""
+    valid entry).  Vectorised: sort each row by (id, position), compare
+    neighbours, scatter back.  On the CPU the sort is numpy's value-only sort of
+    the composite keys ``id * n + position`` (unique, so no stable sort and no
+    index array is needed): about 10x faster than ``torch.sort`` on rows of ~100."""
     B, n = ids.shape
     if valid is None:
         valid = torch.ones_like(ids, dtype=torch.bool)
     if n == 0:
         return valid.clone()
+    pos = torch.arange(n, device=ids.device).expand(B, n)
     # Give every invalid entry a distinct negative key so it never equals anything.
-    uniq = -1 - torch.arange(n, device=ids.device).expand(B, n)
-    keys = torch.where(valid, ids, uniq)
-    sorted_keys, order = torch.sort(keys, dim=1, stable=True)
+    keys = torch.where(valid, ids, -1 - pos)
+    if ids.device.type == "cpu":
+        comp = torch.from_numpy(np.sort((keys * n + pos).numpy(), axis=1))
+        sorted_keys = torch.div(comp, n, rounding_mode="floor")
+        order = comp - sorted_keys * n
+    else:
+        sorted_keys, order = torch.sort(keys, dim=1, stable=True)
     first_sorted = torch.ones_like(valid)
     first_sorted[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
     first = torch.empty_like(valid).scatter_(1, order, first_sorted)
