@@ -120,3 +120,25 @@ def test_tree_proposal_runs_and_validation():
         gradient_snr(W, b, x, y, uniform_proposal(5, 7), 4)
     with pytest.raises(ValueError, match=r"label ids out of range: allowed \[0, 4\]"):
         gradient_snr(W, b, x, y, uniform_proposal(6, 8), 50, generator=torch.Generator().manual_seed(0))
+
+
+def test_debiased_params_shift_scores_by_log_q():
+    """With a constant q (uniform), parameters of the bias-removed model s = xi + log q
+    equal raw parameters whose bias is shifted by -log q = +log L."""
+    g = torch.Generator().manual_seed(2)
+    L, D, B, S = 9, 4, 5, 16
+    W = torch.randn(L, D, generator=g, dtype=torch.float64)
+    b = torch.randn(L, generator=g, dtype=torch.float64)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    y = torch.randint(0, L, (B,), generator=g)
+    lq = torch.full((B,), -math.log(L), dtype=torch.float64)
+    for reg in (0.0, 0.2):
+        deb = gradient_snr(W, b, x, y, uniform_proposal(L, B), S, reg=reg, log_q_pos=lq,
+                           debiased_params=True, generator=torch.Generator().manual_seed(1))
+        raw = gradient_snr(W, b + math.log(L), x, y, uniform_proposal(L, B), S, reg=reg,
+                           log_q_pos=lq, generator=torch.Generator().manual_seed(1))
+        # reg acts on xi + log q = s in both: raw xi = s - log q with the shifted bias.
+        assert deb.mean_sq_norm == pytest.approx(raw.mean_sq_norm, rel=1e-9)
+        assert deb.total_variance == pytest.approx(raw.total_variance, rel=1e-9)
+    with pytest.raises(ValueError, match="log_q_pos"):
+        gradient_snr(W, b, x, y, uniform_proposal(L, B), S, debiased_params=True)

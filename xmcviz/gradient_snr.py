@@ -79,7 +79,7 @@ def _sq_norm(labels: torch.Tensor, rows: torch.Tensor, coef: torch.Tensor, K: to
 def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
                  proposal: Proposal, num_draws: int, *, reg: float = 0.0,
                  log_q_pos: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 memory_elems: int = 1 << 23) -> GradientSNR:
+                 memory_elems: int = 1 << 23, debiased_params: bool = False) -> GradientSNR:
     """Estimate the gradient SNR of the negative-sampling loss on a probe batch.
 
     ``W`` [L, D], ``b`` [L] or None (no bias parameters); ``x`` [B, D] dense
@@ -88,6 +88,14 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
     ``reg`` is the regulariser weight lambda of SPEC section 4; when > 0 the
     positives' ``log_q_pos`` [B] = log q(y_i|x_i) is required.  Computed in
     float64; ``memory_elems`` bounds the temporary blocks.
+
+    ``debiased_params=True``: ``W``, ``b`` parametrise the *bias-removed* scores
+    ``s = x . W[y] + b[y]`` and the loss sees ``xi = s - log q(y|x)`` (needs
+    ``log_q_pos``).  Then every proposal is compared at the same predictive model
+    softmax(s) (e.g. W = 0: the uniform prediction), which is the comparison of
+    Bamler & Mandt's SNR argument; with the default, all proposals share the raw
+    scores xi instead, and a proposal close to the data distribution sits near its
+    own optimum (small mean gradient) at xi = 0.
     """
     S = check_int("num_draws", num_draws, 2)
     reg = check_float("reg", reg, 0.0)
@@ -96,8 +104,9 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
     B, L = x.shape[0], W.shape[0]
     if y.shape != (B,):
         raise ValueError(f"y must be [B={B}], got shape {tuple(y.shape)}")
-    if reg > 0 and log_q_pos is None:
-        raise ValueError("reg > 0 needs log_q_pos (log q(y_i|x_i) of the positives)")
+    if (reg > 0 or debiased_params) and log_q_pos is None:
+        raise ValueError(f"{'reg > 0' if reg > 0 else 'debiased_params=True'} needs log_q_pos "
+                         f"(log q(y_i|x_i) of the positives)")
     dt = torch.float64
     x = (x.to_dense() if x.layout != torch.strided else x).to(dt)
     W = W.to(dt)
@@ -110,6 +119,8 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
 
     y = y.to(x.device)
     xi = scores(y)
+    if debiased_params:
+        xi = xi - log_q_pos.to(dt)
     c_pos = torch.sigmoid(xi) - 1
     if reg > 0:
         c_pos = c_pos + 2 * reg * (xi + log_q_pos.to(dt))
@@ -125,6 +136,8 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
     step = max(1, memory_elems // max(1, B * x.shape[1]))
     for s0 in range(0, S, step):
         xs = scores(ids[s0:s0 + step])
+        if debiased_params:
+            xs = xs - log_q[s0:s0 + step]
         c = torch.sigmoid(xs)
         if reg > 0:
             c = c + 2 * reg * (xs + log_q[s0:s0 + step])

@@ -2,7 +2,10 @@
 
 ``pca`` projects sparse inputs to k dims; ``tree`` is the balanced label tree
 p_n(y|x) (fit, log-probabilities, ancestral sampling).  The sampler itself is
-``xmcviz.samplers.adversarial``.
+``xmcviz.samplers.adversarial``.  ``bias`` ranks by score + log p_n (bias removal in
+the multi-label trainer); ``proposals`` are the q(y|x) of the first-label softmax
+setting (:mod:`xmcviz.softmax`); ``snr`` compares their gradient signal-to-noise.
+The fit-time benchmark is ``benchmarks/adversarial_fit.py``.
 """
 from .pca import SparsePCA
 from .tree import LabelTree, fit_label_tree, newton_step, training_pairs

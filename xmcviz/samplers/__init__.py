@@ -40,6 +40,8 @@ class SamplerConfig:
     refresh_every: int | None = None
     refreshes_per_epoch: int | None = None
     seed: int = 0
+    dataset: Any = None  # the training data (X_train, Y_train), for samplers fitted on it
+    device: Any = "cpu"
 
 
 def _mips(cfg: SamplerConfig, k: int) -> MipsSampler:
@@ -54,6 +56,14 @@ def _frequency(cfg: SamplerConfig) -> FrequencySampler:
     return FrequencySampler(cfg.num_labels, cfg.num_negatives, cfg.label_freq)
 
 
+def _adversarial(cfg: SamplerConfig) -> NegativeSampler:
+    if cfg.dataset is None:
+        raise ValueError("sampler 'adversarial' needs dataset= (its X_train, Y_train fit the tree p_n)")
+    from .adversarial import fit_adversarial_sampler  # fits PCA + label tree on the training data
+    return fit_adversarial_sampler(cfg.dataset.X_train, cfg.dataset.Y_train, cfg.num_negatives,
+                                   seed=cfg.seed, device=cfg.device)
+
+
 def _k(cfg: SamplerConfig) -> int:
     return DEFAULT_MIPS_K if cfg.mips_k is None else cfg.mips_k
 
@@ -66,6 +76,7 @@ SAMPLER_FACTORIES: dict[str, Callable[[SamplerConfig], NegativeSampler]] = {
     "top-uniform": lambda cfg: TopUniformSampler(cfg.num_labels, cfg.num_negatives, _k(cfg)),
     "mips-a": lambda cfg: _mips(cfg, cfg.num_negatives),  # k = R: every negative from MIPS
     "mips-s": lambda cfg: _mips(cfg, _k(cfg)),
+    "adversarial": _adversarial,
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLER_FACTORIES)
 
@@ -80,7 +91,8 @@ def register_sampler(name: str, factory: Callable[[SamplerConfig], NegativeSampl
 def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=None,
                  mips_k: int | None = None, clusters: int | None = None, nprobe: int | None = None,
                  refresh_every: int | None = None, refreshes_per_epoch: int | None = None,
-                 warmup_epochs: int = 0, seed: int = 0) -> NegativeSampler:
+                 warmup_epochs: int = 0, seed: int = 0, dataset=None,
+                 device="cpu") -> NegativeSampler:
     """Build the sampler ``name`` (one of :data:`SAMPLER_NAMES`).
 
     ``mips_k``: k for ``mips-s`` and ``top-uniform`` (default 5, in [1, R]);
@@ -91,7 +103,9 @@ def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=N
     refresh per epoch).  ``warmup_epochs`` > 0 wraps the sampler in
     :class:`WarmupSampler` (uniform negatives first).  ``seed`` seeds the
     k-means of the MIPS index; sampling randomness comes from the generator
-    passed to ``sample``.  Settings a sampler has no use for are ignored.
+    passed to ``sample``.  ``dataset`` (with ``X_train``, ``Y_train``) and ``device`` are for
+    samplers fitted on the training data (``adversarial``: PCA + label tree, seeded by ``seed``).
+    Settings a sampler has no use for are ignored.
     """
     if name not in SAMPLER_FACTORIES:
         raise ValueError(f"unknown sampler {name!r}: allowed {', '.join(SAMPLER_NAMES)}")
@@ -100,7 +114,8 @@ def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=N
         check_int("num_negatives", num_negatives, 1, L - 1)
     warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
     cfg = SamplerConfig(L, int(num_negatives), label_freq, mips_k, clusters, nprobe,
-                        refresh_every, refreshes_per_epoch, check_int("seed", seed, 0))
+                        refresh_every, refreshes_per_epoch, check_int("seed", seed, 0),
+                        dataset, device)
     sampler = SAMPLER_FACTORIES[name](cfg)
     sampler.name = name
     if warmup_epochs > 0:

@@ -1,8 +1,10 @@
 """Fit-time benchmark of the adversarial sampler's auxiliary model (a script, not a test).
 
-    python -m xmcviz.adversarial.bench --labels 4096 --rows 40000
-    python -m xmcviz.adversarial.bench --labels 1000000 --rows 1000000 --device cuda
+    python benchmarks/adversarial_fit.py                       # 4K/40K, 64K/200K, 1M/1M
+    python benchmarks/adversarial_fit.py --sizes 4096:40000 --threads 1
+    python benchmarks/adversarial_fit.py --sizes 1000000:1000000 --device cuda
 
+One JSON line per size (labels:rows).
 Synthetic sparse data with label structure: every label owns ``topic``
 feature ids; a row draws 1-3 labels (power-law frequencies), half of its
 non-zeros from its labels' topics and the rest from the whole vocabulary,
@@ -19,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..samplers.adversarial import fit_adversarial_sampler
+from xmcviz.samplers.adversarial import fit_adversarial_sampler
 
 
 def synthetic(num_labels: int, num_rows: int, num_features: int = 20000, nnz: int = 40,
@@ -49,10 +51,32 @@ def synthetic(num_labels: int, num_rows: int, num_features: int = 20000, nnz: in
     return X, Y
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_one(labels: int, rows: int, features: int, pairs: str, device: str) -> dict:
+    """Generate, fit and time one size; returns the JSON record."""
+    t = time.perf_counter()
+    X, Y = synthetic(labels, rows, features)
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    s = fit_adversarial_sampler(X, Y, 10, pairs=pairs, device=device)
+    total_s = time.perf_counter() - t
+    probe = np.arange(min(2000, rows))
+    z = s.z_train[torch.as_tensor(probe, device=s.device)]
+    chunk = max(1, 2 ** 27 // labels)  # keep [B, L] blocks at ~0.5 GB
+    pred = torch.cat([s.tree.log_prob_all(z[i:i + chunk]).argmax(1) for i in range(0, len(probe), chunk)])
+    Yr = Y[probe].tocsr()
+    hit = np.asarray(Yr[np.arange(len(probe)), np.array(pred.cpu().numpy())]).ravel() > 0
+    info = s.fit_info
+    return {"labels": labels, "rows": rows, "nnz_X": int(X.nnz), "pairs": info["num_pairs"],
+            "device": str(s.device), "threads": torch.get_num_threads(), "generate_s": round(gen_s, 2),
+            "pca_s": round(info["pca_s"], 2), "tree_s": round(info["tree"]["fit_s"], 2),
+            "total_s": round(total_s, 2), "max_rounds_used": max(l["rounds"] for l in info["tree"]["levels"]),
+            "train_P@1_of_argmax_pn": float(hit.mean())}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labels", type=int, default=4096)
-    ap.add_argument("--rows", type=int, default=40000)
+    ap.add_argument("--sizes", default="4096:40000,65536:200000,1000000:1000000",
+                    help="comma-separated LABELS:ROWS")
     ap.add_argument("--features", type=int, default=20000)
     ap.add_argument("--pairs", default="all", choices=["all", "first"])
     ap.add_argument("--device", default="cpu")
@@ -60,25 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    t = time.perf_counter()
-    X, Y = synthetic(a.labels, a.rows, a.features)
-    gen_s = time.perf_counter() - t
-    t = time.perf_counter()
-    s = fit_adversarial_sampler(X, Y, 10, pairs=a.pairs, device=a.device)
-    total_s = time.perf_counter() - t
-    rows = np.arange(min(2000, a.rows))
-    z = s.z_train[torch.as_tensor(rows, device=s.device)]
-    chunk = max(1, 2 ** 27 // a.labels)  # keep [B, L] blocks at ~0.5 GB
-    pred = torch.cat([s.tree.log_prob_all(z[i:i + chunk]).argmax(1) for i in range(0, len(rows), chunk)])
-    Yr = Y[rows].tocsr()
-    hit = np.asarray(Yr[np.arange(len(rows)), np.array(pred.cpu().numpy())]).ravel() > 0
-    info = s.fit_info
-    out = {"labels": a.labels, "rows": a.rows, "nnz_X": int(X.nnz), "pairs": info["num_pairs"],
-           "device": str(s.device), "threads": torch.get_num_threads(), "generate_s": round(gen_s, 2),
-           "pca_s": round(info["pca_s"], 2), "tree_s": round(info["tree"]["fit_s"], 2),
-           "total_s": round(total_s, 2), "max_rounds_used": max(l["rounds"] for l in info["tree"]["levels"]),
-           "train_P@1_of_argmax_pn": float(hit.mean())}
-    print(json.dumps(out))
+    out = []
+    for size in a.sizes.split(","):
+        labels, rows = (int(v) for v in size.split(":"))
+        out.append(run_one(labels, rows, a.features, a.pairs, a.device))
+        print(json.dumps(out[-1]), flush=True)
     return out
 
 
