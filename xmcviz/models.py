@@ -25,7 +25,10 @@ __all__ = ["LinearEncoder", "MLPEncoder", "XMCModel", "build_model", "MODEL_NAME
            "SCORE_PATHS"]
 
 MODEL_NAMES = ("linear", "mlp")
-SCORE_PATHS = ("auto", "gather", "unique")
+SCORE_PATHS = ("auto", "gather", "unique", "sparse")
+
+#: "auto" takes the sparse path for inputs with no gradient and at most this share of non-zeros.
+SPARSE_DENSITY = 0.25
 
 # torch warns once per process that sparse CSR support is "beta"; the ops used here are stable.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -118,6 +121,115 @@ class _GatherRows(torch.autograd.Function):
         return out, None, None
 
 
+def _row_gradient(ids: torch.Tensor, grad: torch.Tensor, emb: torch.Tensor,
+                  live: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+    """The coalesced sparse gradient of ``W`` for ``s[b, k] = W[ids[b, k]] . emb[b]``.
+
+    Row j gets ``sum_{(b, k): ids[b, k] = j, live} grad[b, k] emb[b]``.  One sort of the live
+    ids gives the distinct rows and, per row, its (b, grad) pairs as a CSR matrix A ([U, B]);
+    the row gradients are then ``A @ emb``, a sparse-dense product that never materialises
+    the ``[B K, d]`` per-entry gradients, and the result is already coalesced (the optimiser
+    skips its own sort)."""
+    B, K = ids.shape
+    flat, g = ids.reshape(-1), grad.reshape(-1)
+    col = None
+    if live is not None:
+        sel = live.reshape(-1).nonzero().squeeze(1)
+        flat, g, col = flat.index_select(0, sel), g.index_select(0, sel), sel // K
+    sid, order = torch.sort(flat)
+    uniq, counts = torch.unique_consecutive(sid, return_counts=True)
+    crow = counts.new_zeros(uniq.numel() + 1)
+    torch.cumsum(counts, 0, out=crow[1:])
+    col = order // K if col is None else col.index_select(0, order)
+    with warnings.catch_warnings():  # torch's "beta" notice; sparse CSR @ dense is stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        A = torch.sparse_csr_tensor(crow, col, g.index_select(0, order), (uniq.numel(), B),
+                                    check_invariants=False)
+    vals = A @ emb if uniq.numel() else emb.new_zeros((0, emb.shape[1]))
+    return torch.sparse_coo_tensor(uniq.unsqueeze(0), vals, shape, is_coalesced=True,
+                                   check_invariants=False)
+
+
+class _GatherScores(torch.autograd.Function):
+    """``s[b, k] = W[ids[b, k]] . emb[b]`` with a sparse COO gradient for ``W`` holding only
+    the entries where ``live`` is True (and no gradient from the others to ``emb``).
+
+    The same values and gradients as ``einsum('bd,bkd->bk', emb, _GatherRows(W, ids, live))``
+    with less work: autograd's einsum backward builds the ``[B, K, d]`` row gradient as a
+    batched outer product (a k = 1 matmul) and then transposes it with a full copy, the
+    gather's backward copies the live rows once more and the optimiser then coalesces them;
+    here the coalesced row gradient comes from one sort and one sparse product
+    (:func:`_row_gradient`).
+    """
+
+    @staticmethod
+    def forward(ctx, emb: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,  # type: ignore[override]
+                live: torch.Tensor | None) -> torch.Tensor:
+        B, K = ids.shape
+        rows = weight.index_select(0, ids.reshape(-1)).view(B, K, weight.shape[1])
+        ctx.save_for_backward(emb, rows, ids, live)
+        ctx.shape = weight.shape
+        return torch.bmm(rows, emb.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        emb, rows, ids, live = ctx.saved_tensors
+        if live is not None:
+            grad = torch.where(live, grad, grad.new_zeros(()))
+        g_emb = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_emb = torch.bmm(grad.unsqueeze(1), rows).squeeze(1)
+        if ctx.needs_input_grad[1]:
+            g_w = _row_gradient(ids, grad, emb, live, ctx.shape)
+        return g_emb, g_w, None, None
+
+
+class _SparseScores(torch.autograd.Function):
+    """Scores ``s[b, k] = sum_f x[b, f] * W[ids[b, k], f]`` from the non-zeros of ``x`` only.
+
+    The linear model's embedding is the sparse input itself (d = D): a dense ``x @ W_U.T``
+    costs O(B U D) forward and again backward, while this gather product costs
+    O(K nnz(x)), and its gradient for ``W`` holds only the rows of live entries (row-sparse,
+    for SparseAdam), or is dense when ``sparse_grad`` is False.  ``x`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor,  # type: ignore[override]
+                live: torch.Tensor | None, row: torch.Tensor, col: torch.Tensor,
+                val: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
+        B, K = ids.shape
+        D = weight.shape[1]
+        # Each non-zero x[b, f] meets the K labels of its row: a [K, nnz] gather of W[ids, f]
+        # (label-major, so one label's reads stay within its row of W).
+        idsT = ids.T[:, row]                                              # [K, nnz]
+        prod = weight.reshape(-1)[idsT * D + col] * val
+        s = torch.zeros(K, B, dtype=weight.dtype, device=weight.device).index_add_(1, row, prod)
+        ctx.save_for_backward(ids, idsT, live, row, col, val)
+        ctx.shape, ctx.sparse_grad = weight.shape, sparse_grad
+        return s.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        ids, idsT, live, row, col, val = ctx.saved_tensors
+        L, D = ctx.shape
+        if live is not None:
+            grad = grad * live
+        gt = (grad.T[:, row] * val).reshape(-1)                          # [K nnz]
+        if not ctx.sparse_grad:
+            dense = torch.zeros(L * D, dtype=grad.dtype, device=grad.device)
+            dense.index_add_(0, (idsT * D + col).reshape(-1), gt)
+            return dense.view(L, D), *(None,) * 6
+        uniq = torch.unique(ids if live is None else ids[live])  # rows of live entries only
+        # Entries that are not live have a zero gradient: any in-range row index will do.
+        pos = torch.searchsorted(uniq, ids).clamp_(max=max(uniq.numel() - 1, 0)).T[:, row]
+        rows = torch.zeros(uniq.numel() * D, dtype=grad.dtype, device=grad.device)
+        if uniq.numel():
+            rows.index_add_(0, (pos * D + col).reshape(-1), gt)
+        out = torch.sparse_coo_tensor(uniq.unsqueeze(0), rows.view(-1, D), (L, D),
+                                      is_coalesced=True, check_invariants=False)
+        return out, *(None,) * 6
+
+
 class XMCModel(nn.Module):
     """Encoder + extreme classifier ``f = W E_x (+ bias)``.
 
@@ -174,7 +286,11 @@ class XMCModel(nn.Module):
         gathers the U distinct labels once and computes ``emb @ W_U.T``, cost O(U d + B U d),
         lighter in memory when d is large (the linear model, d = D).  ``"auto"`` picks gather
         unless its block would exceed :attr:`gather_limit` elements and the unique path needs
-        less memory.  Both give the same values and gradients.
+        less memory.  ``"sparse"`` (for an ``emb`` that needs no gradient, such as the linear
+        model's input x) multiplies only the non-zeros of ``emb`` with the gathered weights,
+        cost O(K nnz(emb)); ``"auto"`` takes it for a wide ``emb`` (d >= 256) without
+        gradient and at most :data:`SPARSE_DENSITY` non-zeros.  All give the same values and
+        gradients (up to float rounding).
         """
         check_choice("path", path, SCORE_PATHS)
         if ids.dim() != 2 or ids.shape[0] != emb.shape[0]:
@@ -182,17 +298,15 @@ class XMCModel(nn.Module):
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}: expected {tuple(ids.shape)}")
         B, K = ids.shape
-        unique, u = self._use_unique(B * K, ids, path, B)
-        if unique:
-            uniq, inv = u
-            inv = inv.view(B, K)
-            live_u = None
-            if mask is not None:  # a distinct label is live if any live entry refers to it
-                live_u = torch.zeros(uniq.shape, dtype=torch.bool, device=ids.device)
-                live_u[inv[mask]] = True
-            s = (emb @ self._rows(self.W, uniq, live_u).T).gather(1, inv)
+        if path == "sparse" and emb.requires_grad:
+            raise ValueError("path='sparse' gives no gradient to emb, which requires one: "
+                             "allowed for inputs without gradient (the linear model's x)")
+        if path == "sparse" or (path == "auto" and self._sparse_input(emb)):
+            row, col = emb.detach().nonzero(as_tuple=True)
+            s = _SparseScores.apply(self.W, ids, mask, row, col, emb.detach()[row, col],
+                                    self.sparse_grad)
         else:
-            s = torch.einsum("bd,bkd->bk", emb, self._rows(self.W, ids, mask))
+            s = self._dense_scores(emb, ids, mask, path)
         if self.bias is not None:
             s = s + self._rows(self.bias, ids, mask)
         if mask is not None:
@@ -210,6 +324,29 @@ class XMCModel(nn.Module):
         if live is None and weight.dim() == 2:
             return F.embedding(ids, weight, sparse=True)
         return _GatherRows.apply(weight, ids, live)
+
+    def _dense_scores(self, emb: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
+                      path: str) -> torch.Tensor:
+        """``w_j^T emb`` without the bias by the gather or the unique-ids path."""
+        B, K = ids.shape
+        unique, u = self._use_unique(B * K, ids, path, B)
+        if not unique:
+            if self.sparse_grad:  # one fused gather + score with a lean backward
+                return _GatherScores.apply(emb, self.W, ids, mask)
+            return torch.einsum("bd,bkd->bk", emb, self._rows(self.W, ids, mask))
+        uniq, inv = u
+        inv = inv.view(B, K)
+        live_u = None
+        if mask is not None:  # a distinct label is live if any live entry refers to it
+            live_u = torch.zeros(uniq.shape, dtype=torch.bool, device=ids.device)
+            live_u[inv[mask]] = True
+        return (emb @ self._rows(self.W, uniq, live_u).T).gather(1, inv)
+
+    def _sparse_input(self, emb: torch.Tensor) -> bool:
+        """True for a wide, mostly-zero ``emb`` that needs no gradient (the linear model's x)."""
+        if emb.requires_grad or emb.dim() != 2 or emb.shape[1] < 256:
+            return False
+        return int(torch.count_nonzero(emb)) <= SPARSE_DENSITY * emb.numel()
 
     def _use_unique(self, n_pairs: int, ids: torch.Tensor, path: str, num_rows: int
                     ) -> tuple[bool, tuple[torch.Tensor, torch.Tensor] | None]:

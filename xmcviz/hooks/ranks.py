@@ -30,7 +30,7 @@ class NegativeRanks(RecordingHook):
     name = "ranks"
     record_dtypes = {"": RANK_DTYPE}
 
-    def __init__(self, every: int = 10, probe: int = 50, label_chunk: int = 65536) -> None:
+    def __init__(self, every: int = 20, probe: int = 50, label_chunk: int = 65536) -> None:
         super().__init__(every, probe)
         self.label_chunk = label_chunk
 
