@@ -77,3 +77,56 @@ def top_negative_labels(counts: pd.DataFrame, summary: pd.DataFrame, n: int = 10
     head = tot.head(n)
     return pd.DataFrame({"label": head.index.to_numpy(), "count": head.to_numpy(),
                          "share": head.to_numpy() / tot.sum()})
+
+
+def batch_label_counts(records: pd.DataFrame, source: str = "mips",
+                       step: int | None = None) -> tuple[int | None, np.ndarray, np.ndarray]:
+    """How often each label was drawn as a ``source`` negative at one logged step (SPEC 3.3).
+
+    ``records``: per-negative records with ``step``, ``label``, ``source`` (the ``ranks``
+    hook's, whose probe rows form the mini-batch).  ``step`` None: the first logged step with
+    any ``source`` negative (for MIPS samplers after a warm-up, the first step after the
+    switch).  Returns ``(step, labels, counts)``, most drawn first; ``(None, [], [])`` when no
+    such negative was logged.
+    """
+    empty = (None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    if records.empty:
+        return empty
+    sel = records[records["source"].astype(str) == source]
+    if step is None:
+        if sel.empty:
+            return empty
+        step = int(sel["step"].min())
+    sel = sel[sel["step"] == step]
+    if sel.empty:
+        return empty
+    labels, counts = np.unique(sel["label"].to_numpy(), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return int(step), labels[order].astype(np.int64), counts[order].astype(np.int64)
+
+
+def concentration(counts: np.ndarray, num_labels: int | None = None, top: int = 10) -> dict[str, float]:
+    """Summaries of one count vector: draws, distinct labels, share of the ``top`` most drawn
+    and, given ``num_labels`` L, the distinct labels that as many uniform draws would hit on
+    average, L (1 - (1 - 1/L)^draws)."""
+    c = np.sort(np.asarray(counts))[::-1]
+    total = int(c.sum())
+    out = {"draws": total, "distinct": int((c > 0).sum()),
+           f"top{top}_share": float(c[:top].sum() / total) if total else 0.0}
+    if num_labels is not None:
+        out["distinct_if_uniform"] = float(num_labels * (1.0 - (1.0 - 1.0 / num_labels) ** total))
+    return out
+
+
+def select_interval(records: pd.DataFrame, which: int = -1) -> pd.DataFrame:
+    """The records of one refresh interval: ``which`` indexes the intervals in step order
+    (0 = the first, e.g. right after a warm-up; -1 = the latest).  Records of steps with no
+    refresh (``steps_since_refresh < 0``) are never selected; empty when there is no such
+    interval."""
+    if records.empty or "steps_since_refresh" not in records:
+        return records.iloc[0:0]
+    ok = records[records["steps_since_refresh"] >= 0]
+    starts = np.unique((ok["step"] - ok["steps_since_refresh"]).to_numpy())
+    if starts.size == 0 or not -starts.size <= which < starts.size:
+        return records.iloc[0:0]
+    return ok[(ok["step"] - ok["steps_since_refresh"]) == starts[which]]

@@ -36,6 +36,7 @@ def setup_notebook(plotlyjs: str = "embed") -> None:
     name = "notebook" if plotlyjs == "embed" else "notebook_connected"
     pio.renderers.default = f"plotly_mimetype+{name}"
     pio.renderers[name].activate()
+    mime_bundle(go.Figure())  # pay plotly's one-time template/validator loading now, not mid-run
     _activated = True
 
 
@@ -49,63 +50,111 @@ def mime_bundle(fig: go.Figure) -> dict:
     return bundle
 
 
+class Throttle:
+    """Decides when a redraw is due: at most one per ``min_interval`` seconds and, since
+    creation, at most ``budget`` of the elapsed time spent drawing (``spent`` records it)."""
+
+    def __init__(self, min_interval: float = 1.0, budget: float = 0.03) -> None:
+        if min_interval < 0:
+            raise ValueError(f"min_interval={min_interval!r} is out of range: allowed >= 0")
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget={budget!r} is out of range: allowed (0, 1]")
+        self.min_interval = min_interval
+        self.budget = budget
+        self.seconds = 0.0
+        self._t0 = time.perf_counter()
+        self._last = -float("inf")
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self._last < self.min_interval:
+            return False
+        return self.seconds <= self.budget * (now - self._t0)
+
+    def spent(self, seconds: float, count: bool = True) -> None:
+        """Record a draw that just ended and took ``seconds``; ``count=False`` for draws that
+        are not live updates (the first and the final one), which only restart the interval."""
+        if count:
+            self.seconds += seconds
+        self._last = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+
 class LiveFigure:
     """A figure rebuilt from ``build()`` and redrawn in place, throttled.
 
     ``update()`` is cheap to call on every record: it redraws only when due.
     ``finish()`` always draws the final state.  ``draws`` and ``draw_seconds``
     say what the figure cost.
+
+    ``output``: an ``ipywidgets.Output`` to draw into instead of the current
+    cell (needed when training starts from a button callback, whose outputs
+    belong to no cell); each draw replaces the widget's content.  ``throttle``:
+    share one :class:`Throttle` between several figures (one time budget).
     """
 
     def __init__(self, build: Callable[[], go.Figure], min_interval: float = 1.0, budget: float = 0.03,
-                 display: bool = True) -> None:
-        if min_interval < 0:
-            raise ValueError(f"min_interval={min_interval!r} is out of range: allowed >= 0")
-        if not 0 < budget <= 1:
-            raise ValueError(f"budget={budget!r} is out of range: allowed (0, 1]")
+                 display: bool = True, output=None, throttle: Throttle | None = None) -> None:
+        self.throttle = throttle if throttle is not None else Throttle(min_interval, budget)
         self.build = build
-        self.min_interval = min_interval
-        self.budget = budget
         self.display_enabled = display
+        self.output = output
         self.handle = None
         self.figure: go.Figure | None = None
         self.draws = 0
         self.draw_seconds = 0.0
-        self._t0 = time.perf_counter()
-        self._last = -float("inf")
+
+    @property
+    def min_interval(self) -> float:
+        return self.throttle.min_interval
+
+    @property
+    def budget(self) -> float:
+        return self.throttle.budget
+
+    @property
+    def _t0(self) -> float:
+        return self.throttle._t0
 
     def show(self) -> "LiveFigure":
-        self._draw()
+        """Draw now (the first display; not counted in the live-update budget)."""
+        self.draw(live=False)
         return self
 
     def update(self) -> bool:
         """Redraw if the throttle allows; return whether it drew."""
-        now = time.perf_counter()
-        if now - self._last < self.min_interval:
+        if not self.throttle.due():
             return False
-        if self.draw_seconds > self.budget * (now - self._t0):
-            return False
-        self._draw()
+        self.draw()
         return True
 
     def finish(self) -> go.Figure:
-        self._draw()
+        """Draw the final state (always; not counted in the live-update budget)."""
+        self.draw(live=False)
         return self.figure
 
-    def _draw(self) -> None:
+    def draw(self, live: bool = True) -> None:
+        """Rebuild and redraw now; ``live``: count the time in the throttle's budget."""
         t = time.perf_counter()
         self.figure = self.build()
         if self.display_enabled:
             from IPython.display import display
 
             bundle = mime_bundle(self.figure)
-            if self.handle is None:
+            if self.output is not None:
+                with self.output:
+                    self.output.clear_output(wait=True)
+                    display(bundle, raw=True)
+            elif self.handle is None:
                 self.handle = display(bundle, raw=True, display_id=True)
             else:
                 self.handle.update(bundle, raw=True)
-        self._last = time.perf_counter()
+        dt = time.perf_counter() - t
+        self.throttle.spent(dt, count=live)
         self.draws += 1
-        self.draw_seconds += self._last - t
+        self.draw_seconds += dt
 
 
 class LiveData:

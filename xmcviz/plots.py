@@ -21,10 +21,12 @@ from .analysis import PHASES, log_rank_edges, rank_phases, uniform_rank_expectat
 SAMPLER_COLOURS = {
     "full": "#7f7f7f", "uniform": "#1f77b4", "frequency": "#9467bd", "top-uniform": "#ff7f0e",
     "top": "#8c564b", "mips-a": "#d62728", "mips-s": "#2ca02c", "adversarial": "#17becf",
-    "nce": "#bcbd22", "linear": "#e377c2",
+    "nce": "#bcbd22", "linear": "#e377c2", "top-re": "#e7ba52",
 }
 _FALLBACK = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 PHASE_DASH = {"first": "solid", "middle": "dash", "last": "dot"}
+# Runs that share a sampler (hence a colour) are told apart by dash style, in order of appearance.
+RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
 def colour_for(label: str) -> str:
@@ -36,6 +38,31 @@ def colour_for(label: str) -> str:
     return _FALLBACK[zlib.crc32(label.encode()) % len(_FALLBACK)]
 
 
+def run_styles(labels) -> dict[str, dict]:
+    """Line style per run label: the sampler's colour, and a dash style that differs between
+    runs of the same colour (e.g. one sampler at several refresh intervals)."""
+    seen: dict[str, int] = {}
+    out = {}
+    for label in labels:
+        c = colour_for(label)
+        out[label] = dict(color=c, dash=RUN_DASHES[seen.get(c, 0) % len(RUN_DASHES)])
+        seen[c] = seen.get(c, 0) + 1
+    return out
+
+
+def figure_data(fig: go.Figure) -> list[dict]:
+    """The traces of ``fig`` as plain JSON-able lists (name, type, x, y), for results files."""
+    out = []
+    for t in fig.data:
+        d = {"name": t.name, "type": t.type}
+        for axis in ("x", "y"):
+            v = getattr(t, axis, None)
+            if v is not None:
+                d[axis] = [x.item() if isinstance(x, np.generic) else x for x in np.asarray(v).tolist()]
+        out.append(d)
+    return out
+
+
 def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
                       legend_title_text="run", margin=dict(l=60, r=20, t=50, b=50), **kw)
@@ -45,10 +72,11 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
 def metric_curves(metrics: Mapping[str, pd.DataFrame], metric: str = "P@5", x: str = "epoch") -> go.Figure:
     """``metric`` (e.g. P@5, PSP@5) against ``x`` ("epoch", "step" or "time_s") per run."""
     fig = go.Figure()
+    styles = run_styles(metrics)
     for label, df in metrics.items():
         if len(df) and metric in df and x in df:
             fig.add_scatter(x=df[x], y=df[metric], mode="lines+markers", name=label,
-                            line=dict(color=colour_for(label)))
+                            line=styles[label])
     xt = {"epoch": "epoch", "step": "training step", "time_s": "training time (s)"}.get(x, x)
     return _layout(fig, f"{metric} on the test set", xt, f"{metric} (fraction)")
 
@@ -56,14 +84,15 @@ def metric_curves(metrics: Mapping[str, pd.DataFrame], metric: str = "P@5", x: s
 def gradient_ratio(grad: Mapping[str, pd.DataFrame], full: bool = True) -> go.Figure:
     """Median ||g-|| / ||g+|| over the probe rows against step (log y); dotted: all negatives."""
     fig = go.Figure()
+    styles = run_styles(grad)
     for label, df in grad.items():
         if not len(df):
             continue
-        c = colour_for(label)
-        fig.add_scatter(x=df["step"], y=df["ratio"], mode="lines", name=label, line=dict(color=c))
+        c = styles[label]["color"]
+        fig.add_scatter(x=df["step"], y=df["ratio"], mode="lines", name=label, line=styles[label])
         if full and "ratio_full" in df:
             fig.add_scatter(x=df["step"], y=df["ratio_full"], mode="lines", name=f"{label} (full loss)",
-                            line=dict(color=c, dash="dot"))
+                            line=dict(color=c, dash="dot", width=1), opacity=0.6)
     fig.update_yaxes(type="log")
     return _layout(fig, "Gradient dominance: negative vs positive term", "training step",
                    "||g-|| / ||g+|| (median over probe rows)")
@@ -72,10 +101,11 @@ def gradient_ratio(grad: Mapping[str, pd.DataFrame], full: bool = True) -> go.Fi
 def gradient_cosine(grad: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Cosine between the sampled gradient and the full-loss gradient, against step."""
     fig = go.Figure()
+    styles = run_styles(grad)
     for label, df in grad.items():
         if len(df):
             fig.add_scatter(x=df["step"], y=df["cos_sampled_full"], mode="lines", name=label,
-                            line=dict(color=colour_for(label)))
+                            line=styles[label])
     fig.update_yaxes(range=[-1.05, 1.05])
     return _layout(fig, "How close the sampled gradient is to the full one", "training step",
                    "cos(sampled gradient, full gradient)")

@@ -1,0 +1,234 @@
+"""Several labelled training runs in one process, with live figures and a results file.
+
+What a notebook does, as a small tested object::
+
+    exp = Experiment(hooks="grad:5")
+    exp.add_figure("p5", lambda e: plots.metric_curves(e.metrics(), "P@5", x="step"))
+    exp.show()                                  # one display handle per figure
+    for label, cfg in configs.items():
+        exp.run(label, cfg)                     # figures redraw while it trains
+    exp.finish()                                # final figures, always drawn
+    exp.write(output_dir)                       # output_dir/results.json
+
+Every run gets fresh hooks built from the ``hooks`` spec (:func:`xmcviz.hooks.make_hooks`)
+plus a :class:`~xmcviz.hooks.MetricsLog`; their records reach the run's
+:class:`~xmcviz.live.LiveData` through the hooks' subscribers, and every record gives the
+figures a chance to redraw.  All figures share one :class:`~xmcviz.live.Throttle`, so
+drawing stays within ``budget`` of the wall-clock time whatever the number of figures.
+Datasets are loaded once per ``(data, data_seed)`` and shared between runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .hooks import MetricsLog, make_hooks
+from .live import LiveData, LiveFigure, Throttle
+from .plots import figure_data
+from .trainer import TrainConfig, Trainer
+
+RESULTS_FILE = "results.json"  # the name `xmcviz sweep` reads
+
+
+@dataclass
+class RunResult:
+    """One finished (or running) run: its settings, evaluations and instrument records."""
+
+    label: str
+    config: TrainConfig
+    data: LiveData = field(default_factory=LiveData)
+    history: list[dict] = field(default_factory=list)
+    num_labels: int | None = None
+    steps_per_epoch: int | None = None
+    train_time_s: float | None = None
+    wall_time_s: float | None = None
+    finished: bool = False
+
+    @property
+    def final(self) -> dict:
+        """The last evaluation record (empty before the first evaluation)."""
+        return dict(self.history[-1]) if self.history else {}
+
+
+class Experiment:
+    """Run labelled :class:`TrainConfig` s one after another with shared live figures.
+
+    ``hooks``: a :func:`make_hooks` spec for every run (e.g. ``"grad:5,ranks:2,freq"``).
+    ``live``: draw figures (False: build them only, e.g. in tests).  ``min_interval`` /
+    ``budget``: the shared redraw throttle (seconds between redraws, share of time).
+    """
+
+    def __init__(self, hooks: str = "", *, live: bool = True, min_interval: float = 1.0,
+                 budget: float = 0.03) -> None:
+        make_hooks(hooks)  # validate the spec now, not at the first run
+        self.hooks = hooks
+        self.live = live
+        self.throttle = Throttle(min_interval, budget)
+        self.figures: dict[str, LiveFigure] = {}
+        self.runs: dict[str, RunResult] = {}
+        self._datasets: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ figures
+    def add_figure(self, name: str, build: Callable[["Experiment"], go.Figure],
+                   output=None) -> LiveFigure:
+        """Register a figure rebuilt by ``build(experiment)``; ``output``: an ipywidgets.Output
+        to draw into (see :class:`LiveFigure`).  Not displayed until :meth:`show`/a redraw."""
+        if name in self.figures:
+            raise ValueError(f"figure name {name!r} is already used: allowed a new name")
+        fig = LiveFigure(lambda: build(self), display=self.live, output=output,
+                         throttle=self.throttle)
+        self.figures[name] = fig
+        return fig
+
+    def show(self) -> None:
+        """Draw every figure now (in the current cell: creates the display handles)."""
+        for fig in self.figures.values():
+            fig.show()
+
+    def update(self) -> bool:
+        """Redraw every figure if the shared throttle allows; return whether it drew."""
+        if not self.figures or not self.throttle.due():
+            return False
+        for fig in self.figures.values():
+            fig.draw()
+        return True
+
+    def finish(self) -> dict[str, go.Figure]:
+        """Draw the final state of every figure (unthrottled) and return the figures."""
+        return {name: fig.finish() for name, fig in self.figures.items()}
+
+    # ------------------------------------------------------------------ runs
+    def dataset(self, config: TrainConfig):
+        """The dataset ``config`` names, loaded once per ``(data, train, test, data_seed)``."""
+        from . import data
+
+        key = (config.data, config.train, config.test, config.data_seed)
+        if key not in self._datasets:
+            if config.data is not None:
+                self._datasets[key] = data.resolve(config.data, seed=config.data_seed)
+            elif config.train is not None and config.test is not None:
+                self._datasets[key] = data.load(train=config.train, test=config.test)
+            else:
+                raise ValueError("config names no data: give data= or train= and test=")
+        return self._datasets[key]
+
+    def run(self, label: str, config: TrainConfig, dataset=None) -> RunResult:
+        """Train ``config`` under ``label`` (a new label, or one whose run failed)."""
+        if label in self.runs and self.runs[label].finished:
+            raise ValueError(f"run label {label!r} is already used: allowed a new label")
+        ds = self.dataset(config) if dataset is None else dataset
+        result = RunResult(label=label, config=config)
+        hooks = make_hooks(self.hooks) + [MetricsLog()]
+        for h in hooks:
+            h.subscribe(result.data.sink(h.name))
+        result.data.on_record(lambda key, record: self.update())
+        trainer = Trainer(config, dataset=ds, hooks=hooks)
+        result.num_labels = int(trainer.num_labels)
+        result.steps_per_epoch = int(trainer.steps_per_epoch)
+        self.runs[label] = result  # visible to the figures while it trains
+        t0 = time.perf_counter()
+        trainer.train()
+        result.wall_time_s = time.perf_counter() - t0
+        result.train_time_s = float(trainer.time_s)
+        result.history = [dict(r) for r in trainer.history]
+        result.finished = True
+        self.update()
+        return result
+
+    def run_all(self, configs: Mapping[str, TrainConfig]) -> dict[str, RunResult]:
+        """:meth:`run` every ``label -> config`` in order, then :meth:`finish`."""
+        for label, cfg in configs.items():
+            self.run(label, cfg)
+        self.finish()
+        return self.runs
+
+    # ------------------------------------------------------------------ data for figures
+    @property
+    def num_labels(self) -> int | None:
+        """L of the latest run (None before any run)."""
+        return next(reversed(self.runs.values())).num_labels if self.runs else None
+
+    def metrics(self) -> dict[str, pd.DataFrame]:
+        """Evaluation records per run label, as they arrive (``P@k``, ``step``, ``time_s``...)."""
+        return {label: r.data.frame("metrics") for label, r in self.runs.items()}
+
+    def frames(self, hook: str) -> dict[str, pd.DataFrame]:
+        """The scalar records of ``hook`` (e.g. ``"grad"``) per run label."""
+        return {label: r.data.frame(hook) for label, r in self.runs.items()}
+
+    def records(self, hook: str) -> dict[str, pd.DataFrame]:
+        """The per-item records of ``hook`` (e.g. one row per negative for ``"ranks"``)."""
+        return {label: r.data.records(hook) for label, r in self.runs.items()}
+
+    def summary(self, settings: tuple[str, ...] = ("model", "sampler")) -> pd.DataFrame:
+        """One row per run: ``label``, the config ``settings``, final metrics, ``time_s``."""
+        rows = []
+        for label, r in self.runs.items():
+            cfg = r.config.to_dict()
+            final = {k: v for k, v in r.final.items() if k not in ("epoch", "step", "time_s", "eval_s")}
+            rows.append({"label": label, **{s: cfg.get(s) for s in settings}, **final,
+                         "time_s": r.train_time_s})
+        return pd.DataFrame(rows)
+
+    def draw_stats(self) -> dict[str, float]:
+        """What drawing cost: ``live_draw_s`` (throttled redraws while training) and its share
+        of the elapsed time ``draw_fraction``; ``draw_s`` / ``draws`` count every draw."""
+        figs = self.figures.values()
+        elapsed = self.throttle.elapsed()
+        return {"live_draw_s": self.throttle.seconds, "draw_s": sum(f.draw_seconds for f in figs),
+                "draws": sum(f.draws for f in figs), "elapsed_s": elapsed,
+                "draw_fraction": self.throttle.seconds / elapsed if elapsed > 0 else 0.0}
+
+    # ------------------------------------------------------------------ results
+    def results(self, **extra: Any) -> dict:
+        """A JSON-able dict: ``final`` (metrics and training time per run), ``runs``
+        (config and evaluation history), ``figures`` (each figure's traces) and ``live``
+        (drawing cost); ``extra`` keys are added at the top level."""
+        final = {label: {**{k: v for k, v in r.final.items() if k not in ("epoch", "step")},
+                         "train_time_s": r.train_time_s}
+                 for label, r in self.runs.items()}
+        runs = {label: {"config": r.config.to_dict(), "history": r.history,
+                        "num_labels": r.num_labels, "steps_per_epoch": r.steps_per_epoch,
+                        "wall_time_s": r.wall_time_s}
+                for label, r in self.runs.items()}
+        figures = {}
+        for name, f in self.figures.items():
+            fig = f.figure if f.figure is not None else f.build()
+            figures[name] = figure_data(fig)
+        out = {"final": final, "runs": runs, "figures": figures, "live": self.draw_stats()}
+        out.update(extra)
+        return _json_safe(out)
+
+    def write(self, output_dir: str | Path, **extra: Any) -> Path:
+        """Write :meth:`results` to ``output_dir/results.json`` (created if needed)."""
+        d = Path(output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / RESULTS_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.results(**extra), indent=1, allow_nan=False))
+        tmp.replace(path)
+        return path
+
+
+def _json_safe(v: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    import numpy as np
+
+    if isinstance(v, Mapping):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_json_safe(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
