@@ -47,8 +47,10 @@ def register_command(name: str, add_arguments: Callable[[argparse.ArgumentParser
 
 # ---------------------------------------------------------------------------------- train
 def _sampler_choices() -> Sequence[str]:
+    from .softmax import SOFTMAX_METHODS
     from .trainer import sampler_names
-    return sampler_names()
+    names = tuple(sampler_names())  # + softmax-only methods (nce), checked against the mode later
+    return names + tuple(m for m in SOFTMAX_METHODS if m not in names)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,7 +85,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--eta-ratio", type=float, default=d.eta_ratio, metavar="r",
                    help="weight of the positive part, eta+/eta-")
-    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {d.lr}; 0.01 with --first-label-only)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -102,6 +105,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("first-label softmax (Bamler & Mandt's setting)")
+    g.add_argument("--first-label-only", action="store_true",
+                   help="softmax on each row's first label, linear scores, one negative per "
+                        "positive, Adagrad; --sampler adversarial, uniform, frequency or nce")
+    g.add_argument("--reg", type=float, default=1e-3, metavar="LAMBDA",
+                   help="regulariser weight of the adversarial loss (first-label mode)")
+    g.add_argument("--adv-dims", type=int, default=16, metavar="k",
+                   help="PCA dims of the adversarial tree (first-label mode)")
     g = p.add_argument_group("instruments")
     g.add_argument("--hooks", default="default", metavar="SPEC",
                    help="hooks as NAME[:EVERY],... from ranks, freq, grad, staleness, metrics; "
@@ -123,7 +134,8 @@ def config_from_args(args: argparse.Namespace):
         sampler=args.sampler, negatives=args.negatives, mips_k=args.mips_k,
         clusters=args.clusters, nprobe=args.nprobe, refresh_every=args.refresh_every,
         refreshes_per_epoch=args.refreshes_per_epoch, warmup_epochs=args.warmup_epochs,
-        eta_ratio=args.eta_ratio, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        eta_ratio=args.eta_ratio, lr=TrainConfig.lr if args.lr is None else args.lr,
+        batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, device=args.device, sparse_updates=not args.dense_updates,
         eval_every_steps=args.eval_every, eval_ks=ks, propensity_a=args.propensity_a,
         propensity_b=args.propensity_b, checkpoint_every_steps=args.checkpoint_every,
@@ -135,6 +147,8 @@ def run_train(args: argparse.Namespace, hooks: Sequence = ()) -> int:
     """``xmcviz train``: validate everything, train, print the final metrics as JSON."""
     from .hooks import make_hooks
     from .trainer import Trainer, TrainingDiverged
+    if getattr(args, "first_label_only", False):
+        return run_train_softmax(args)
     try:
         config = config_from_args(args)
         hooks = [*make_hooks(getattr(args, "hooks", None)), *hooks]
@@ -142,6 +156,41 @@ def run_train(args: argparse.Namespace, hooks: Sequence = ()) -> int:
         if config.data is None and config.train is None:
             raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
         trainer = Trainer(config, hooks=hooks)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        final = trainer.train()
+    except TrainingDiverged as e:
+        print(f"xmcviz: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    print(json.dumps(final, indent=2))
+    return EXIT_OK
+
+
+def softmax_config_from_args(args: argparse.Namespace):
+    """The :class:`~xmcviz.softmax.SoftmaxConfig` of ``train --first-label-only`` arguments."""
+    from .softmax import SoftmaxConfig
+    d = SoftmaxConfig()
+    return SoftmaxConfig(
+        data=args.data, train=args.train, test=args.test, data_seed=args.data_seed,
+        sampler=args.sampler, lr=d.lr if args.lr is None else args.lr, reg=args.reg,
+        batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, adv_dims=args.adv_dims,
+        eval_every_steps=args.eval_every, device=args.device, out=args.out,
+        overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def run_train_softmax(args: argparse.Namespace) -> int:
+    """``xmcviz train --first-label-only``: the softmax setting of :mod:`xmcviz.softmax`."""
+    from .softmax import SoftmaxTrainer
+    from .trainer import TrainingDiverged
+    try:
+        if args.resume:
+            raise ValueError("resume=True is not supported with --first-label-only (runs are "
+                             "short): use --overwrite")
+        config = softmax_config_from_args(args).validate()
+        if config.data is None and config.train is None:
+            raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
+        trainer = SoftmaxTrainer(config)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
@@ -34,6 +35,7 @@ import torch
 from .hooks.base import Hook, RunInfo, StepContext
 from .loss import model_loss
 from .models import MODEL_NAMES, build_model
+from .optim import RowSparseAdam  # re-exported: it used to live here
 from .rundir import (JsonlWriter, RunDir, RunDirNotEmpty, environment_info, load_checkpoint,
                      save_checkpoint)
 from .samplers.base import NegativeSampler, Positives
@@ -125,7 +127,7 @@ class TrainConfig:
     refreshes_per_epoch: int | None = None
     warmup_epochs: int = 0
     eta_ratio: float = 1.0
-    lr: float = 1e-3
+    lr: float = 1e-2  # Adam; at 1e-3 the mlp stays near the label prior for epochs
     batch_size: int = 256
     epochs: int = 5
     seed: int = 0
@@ -235,60 +237,12 @@ def csr_to_torch(X: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.
     crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))
     col = torch.from_numpy(X.indices.astype(np.int64, copy=False))
     val = torch.from_numpy(X.data.astype(np.float32, copy=False))
-    # check_invariants=False: scipy already guarantees a valid CSR (and torch warns otherwise).
-    return torch.sparse_csr_tensor(crow, col, val, size=X.shape, dtype=torch.float32,
-                                   device=device, check_invariants=False)
-
-
-class RowSparseAdam(torch.optim.SparseAdam):
-    """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
-
-    SparseAdam's reference step goes through several sparse-mask / sparse-add passes; this one
-    coalesces the gradient once, gathers the touched rows of the two moments
-    (``index_select``), updates them densely and writes them back (``index_copy_``), then
-    ``index_add_``s the update into the parameter.  Only the rows in the gradient are read or
-    written, so a step costs O(U d) for U touched rows, and about half of SparseAdam's time on
-    large L (the rows are scattered in memory there).  Results agree with SparseAdam to float
-    rounding.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eps, lr = group["eps"], float(group["lr"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not p.grad.is_sparse:
-                    raise RuntimeError("RowSparseAdam needs sparse gradients: use Adam for dense")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                grad = p.grad.coalesce()  # duplicate rows summed: the update is non-linear
-                idx = grad._indices()[0]
-                g = grad._values()
-                if group.get("maximize", False):
-                    g = -g
-                if idx.numel() == 0:
-                    continue
-                m = state["exp_avg"].index_select(0, idx)
-                v = state["exp_avg_sq"].index_select(0, idx)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, idx, m)
-                state["exp_avg_sq"].index_copy_(0, idx, v)
-                t = state["step"]
-                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-                p.index_add_(0, idx, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
-        return loss
+    # check_invariants=False: scipy already guarantees a valid CSR.  torch's "beta" notice
+    # would otherwise greet every user once per process; the operations we use are stable.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, val, size=X.shape, dtype=torch.float32,
+                                       device=device, check_invariants=False)
 
 
 def _propensity_from_meta(meta: dict) -> tuple[float | None, float | None]:
@@ -438,7 +392,8 @@ class Trainer:
                             label_freq=self.label_freq, mips_k=c.mips_k, clusters=c.clusters,
                             nprobe=c.nprobe, refresh_every=c.refresh_every,
                             refreshes_per_epoch=c.refreshes_per_epoch,
-                            warmup_epochs=c.warmup_epochs, seed=c.seed)
+                            warmup_epochs=c.warmup_epochs, seed=c.seed,
+                            dataset=self.dataset, device=self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -491,7 +446,13 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics of the current model on the test split (top-k streamed, never N x L)."""
+        """Metrics of the current model on the test split (top-k streamed, never N x L).
+
+        With a sampler that provides ``log_pn_all`` (``adversarial``) the metrics rank by
+        ``score + log p_n(y|x)`` (bias removal, one [rows, L] block at a time) and the same
+        metrics of the plain scores are added with a ``_raw`` suffix (e.g. ``P@1_raw``).
+        """
+        from .adversarial.bias import debiased_topk, find_log_pn_all
         from .metrics import evaluate, predict_topk
         ds, c = self.dataset, self.config
         was_training = self.model.training
@@ -511,10 +472,17 @@ class Trainer:
             bias = self.model.bias.detach() if getattr(self.model, "bias", None) is not None \
                 else None
             topk = predict_topk(embeddings(), W, kmax, bias=bias, row_batch=rows)
+            log_pn_all = find_log_pn_all(self.sampler)
+            if log_pn_all is not None:
+                topk_adj = debiased_topk(lambda Xb: self.model.embed(csr_to_torch(Xb, self.device)),
+                                         X, W, log_pn_all, kmax, bias=bias, row_batch=rows)
         finally:
             self.model.train(was_training)
-        return evaluate(topk, ds.Y_test, ks=tuple(c.eval_ks),
-                        inv_propensity=self.inv_propensity)
+        raw = evaluate(topk, ds.Y_test, ks=tuple(c.eval_ks), inv_propensity=self.inv_propensity)
+        if log_pn_all is None:
+            return raw
+        adj = evaluate(topk_adj, ds.Y_test, ks=tuple(c.eval_ks), inv_propensity=self.inv_propensity)
+        return {**adj, **{f"{k}_raw": v for k, v in raw.items()}}
 
     def _eval_and_log(self) -> dict:
         t0 = time.perf_counter()
