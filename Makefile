@@ -23,7 +23,7 @@ $(VENV)/.installed-$(FAISS): pyproject.toml
 setup: $(VENV)/.installed-$(FAISS)
 
 # The main job: train with MIPS-s on the built-in synthetic data, instruments on, then summarise.
-DEMO_ARGS ?= --data synthetic:eurlex-like --model mlp --sampler mips-s --warmup-epochs 1 --epochs 4
+DEMO_ARGS ?= --data synthetic:eurlex-like --model mlp --sampler mips-s --warmup-epochs 1 --epochs 8
 demo: setup
 	$(VENV)/bin/xmcviz train $(DEMO_ARGS) --out $(DEMO_OUT) --overwrite
 	$(VENV)/bin/xmcviz inspect $(DEMO_OUT)

@@ -24,7 +24,8 @@ interleaved and their order rotated from round to round, warm-up rounds excluded
 Wall-clock (``ms_per_step``) and process CPU time (``cpu_ms_per_step``) are both recorded: on
 a shared machine CPU time is less affected by other processes (it still sees their cache and
 memory-bandwidth contention).  Each configuration prints one JSON object; all are appended to
-``--out`` and a markdown report is written to ``--markdown``.
+``--out`` and a markdown report replaces the generated
+section of ``--markdown`` (``benchmarks/RESULTS.md``).
 
     python benchmarks/step_cost.py [--labels 4096,65536,1048576] [--samplers ...]
         [--device cpu] [--steps N] [--out benchmarks/results/step_cost.jsonl]
@@ -246,7 +247,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cold-repeats", default="4096:3,65536:2",
                    help="cold builds per L (L:n,...; others: 1)")
     p.add_argument("--out", default=str(HERE / "results" / "step_cost.jsonl"))
-    p.add_argument("--markdown", default=str(HERE / "RESULTS-step-cost.md"))
+    p.add_argument("--markdown", default=str(HERE / "RESULTS.md"),
+                   help="report file: the section between the step_cost markers is replaced "
+                        "(appended when the markers are missing); the rest is left alone")
     a = p.parse_args(argv)
     a.labels = [check_int("labels", int(x), 200) for x in a.labels.split(",") if x]
     a.samplers = [check_choice("sampler", s, ALL_SAMPLERS) for s in a.samplers.split(",") if s]
@@ -543,7 +546,21 @@ def write_markdown(recs: list[dict], a) -> None:
             for r in sc) + " |")
         lines.append("")
     lines += ["## Target checks", ""] + target_checks(recs) + [""]
-    Path(a.markdown).write_text("\n".join(lines))
+    # One heading level down: the table is a section of RESULTS.md.
+    text = "\n".join("#" + l if l.startswith("#") else l for l in lines)
+    replace_section(Path(a.markdown), "step_cost", text)
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``."""
+    begin, end = f"<!-- {name}:begin (generated) -->", f"<!-- {name}:end -->"
+    old = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    path.write_text(new)
 
 
 def target_checks(recs: list[dict]) -> list[str]:

@@ -24,7 +24,7 @@ def summarise_run(path: str | Path, top: int = 10) -> str:
         best = m.loc[m["P@5"].idxmax()]
         last = m.iloc[-1]
         lines.append(f"evaluations: {len(m)}; best P@5 {best['P@5']:.4f} at epoch {best.get('epoch')} "
-                     f"(step {best.get('step')}); last P@1/P@3/P@5 "
+                     f"(step {int(best.get('step', -1))}); last P@1/P@3/P@5 "
                      f"{last.get('P@1', float('nan')):.4f}/{last.get('P@3', float('nan')):.4f}/{last['P@5']:.4f} "
                      f"after {last.get('time_s', float('nan')):.1f} s of training")
     else:

@@ -8,7 +8,7 @@ into the parameter.  Nothing of size L is allocated or scanned after the first s
 allocates the two moment matrices, as SparseAdam does).
 
 At large L the touched rows are scattered over matrices far larger than the caches, so a step
-is dominated by memory latency per touched row (see ``benchmarks/RESULTS-step-cost.md``).  An
+is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  An
 interleaved ``[L, 2, d]`` moment buffer (one gather for both moments) was measured and not
 kept: the page walk it saves is lost again in elementwise ops on strided halves (``sqrt`` on a
 strided view is about 4x slower than on a contiguous one), and it would make the state's
