@@ -37,8 +37,14 @@ def free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
+    # CI sets XMCVIZ_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
+    required = os.environ.get("XMCVIZ_REQUIRE_BROWSER") == "1"
     if not Path(CHROMIUM).exists():
+        if required:
+            pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    if required:
+        import playwright.sync_api  # noqa: F401  (an ImportError fails the check in CI)
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     import nbformat
 
