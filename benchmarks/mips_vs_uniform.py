@@ -13,13 +13,13 @@ MIPS-s - uniform in final P@5.  ``--seed`` s seeds both the synthetic data and t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
 from xmcviz.trainer import TrainConfig, Trainer
 
@@ -89,24 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     records = []
-    sink = open(args.out, "w") if args.out else None
-    try:
+    with JsonLines(args.out) as out:
         for seed in [int(s) for s in args.seeds.split(",")]:
             ds = xdata.resolve(args.data, seed=seed)
             for sampler in args.samplers.split(","):
-                rec = run_one(ds, args.data, sampler, seed, args)
-                records.append(rec)
-                line = json.dumps(rec)
-                print(line, flush=True)
-                if sink:
-                    sink.write(line + "\n")
-        summary = {"summary": summarise(records)}
-        print(json.dumps(summary), flush=True)
-        if sink:
-            sink.write(json.dumps(summary) + "\n")
-    finally:
-        if sink:
-            sink.close()
+                records.append(out.emit(run_one(ds, args.data, sampler, seed, args)))
+        summary = out.emit({"summary": summarise(records)})
     return summary
 
 

@@ -18,13 +18,13 @@ Prints one JSON line per run and a final JSON summary.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
 from xmcviz.analysis import rank_medians_by_phase
 from xmcviz.hooks import NegativeRanks
@@ -100,28 +100,20 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = None if args.runs_dir else tempfile.TemporaryDirectory(prefix="rank_drift-")
     out_dir = Path(args.runs_dir or tmp.name)
     records = []
-    sink = open(args.out, "w") if args.out else None
     try:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            ds = xdata.resolve(args.data, seed=seed)
-            for sampler in args.samplers.split(","):
-                rec = run_one(ds, args.data, sampler, seed, out_dir, args)
-                records.append(rec)
-                print(json.dumps(rec), flush=True)
-                if sink:
-                    sink.write(json.dumps(rec) + "\n")
-        summary = {"summary": {
-            "num_labels": records[0]["num_labels"],
-            "median_rank_first_middle_last": {
-                f"{r['sampler']}-seed{r['seed']}": [r["median_rank_by_phase"].get(ph, {}).get("all")
-                                                   for ph in ("first", "middle", "last")]
-                for r in records}}}
-        print(json.dumps(summary), flush=True)
-        if sink:
-            sink.write(json.dumps(summary) + "\n")
+        with JsonLines(args.out) as out:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                ds = xdata.resolve(args.data, seed=seed)
+                for sampler in args.samplers.split(","):
+                    records.append(out.emit(run_one(ds, args.data, sampler, seed, out_dir, args)))
+            summary = out.emit({"summary": {
+                "num_labels": records[0]["num_labels"],
+                "median_rank_first_middle_last": {
+                    f"{r['sampler']}-seed{r['seed']}": [
+                        r["median_rank_by_phase"].get(ph, {}).get("all")
+                        for ph in ("first", "middle", "last")]
+                    for r in records}}})
     finally:
-        if sink:
-            sink.close()
         if tmp is not None:
             tmp.cleanup()
     return summary

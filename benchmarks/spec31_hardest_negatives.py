@@ -19,7 +19,6 @@ P@5 of a random ranking) and a final JSON summary with the final P@5 per variant
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
 from xmcviz.trainer import TrainConfig, Trainer
 
@@ -76,28 +76,18 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"unknown variant {sorted(unknown)[0]!r}: allowed {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
     records = []
-    sink = open(args.out, "w") if args.out else None
-    try:
+    with JsonLines(args.out) as out:
         for seed in [int(s) for s in args.seeds.split(",")]:
             ds = xdata.resolve(args.data, seed=seed)
             for name in args.variants.split(","):
-                rec = run_one(ds, args.data, name, seed, args)
-                records.append(rec)
-                print(json.dumps(rec), flush=True)
-                if sink:
-                    sink.write(json.dumps(rec) + "\n")
+                records.append(out.emit(run_one(ds, args.data, name, seed, args)))
         final = {}
         for name in args.variants.split(","):
             p5 = [r["P@5"][-1] for r in records if r["variant"] == name]
             final[name] = {"final_P@5": p5, "mean": round(statistics.fmean(p5), 4)}
-        summary = {"summary": {"data": args.data, "epochs": args.epochs, "lr": args.lr,
-                               "chance_P@5": records[0]["chance_P@5"], "variants": final}}
-        print(json.dumps(summary), flush=True)
-        if sink:
-            sink.write(json.dumps(summary) + "\n")
-    finally:
-        if sink:
-            sink.close()
+        summary = out.emit({"summary": {"data": args.data, "epochs": args.epochs, "lr": args.lr,
+                                        "chance_P@5": records[0]["chance_P@5"],
+                                        "variants": final}})
     return summary
 
 

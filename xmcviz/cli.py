@@ -146,16 +146,29 @@ def config_from_args(args: argparse.Namespace):
 def run_train(args: argparse.Namespace, hooks: Sequence = ()) -> int:
     """``xmcviz train``: validate everything, train, print the final metrics as JSON."""
     from .hooks import make_hooks
-    from .trainer import Trainer, TrainingDiverged
+    from .trainer import Trainer
     if getattr(args, "first_label_only", False):
         return run_train_softmax(args)
-    try:
+
+    def build():
         config = config_from_args(args)
-        hooks = [*make_hooks(getattr(args, "hooks", None)), *hooks]
+        all_hooks = [*make_hooks(getattr(args, "hooks", None)), *hooks]
         config.validate()  # settings that need no data, before the (maybe slow) loading
-        if config.data is None and config.train is None:
-            raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
-        trainer = Trainer(config, hooks=hooks)
+        return Trainer(_check_data(config), hooks=all_hooks)
+    return _train_and_report(build)
+
+
+def _check_data(config):
+    if config.data is None and config.train is None:
+        raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
+    return config
+
+
+def _train_and_report(build: Callable[[], object]) -> int:
+    """Build a trainer (bad settings: exit 2, before training), train, print the final record."""
+    from .trainer import TrainingDiverged
+    try:
+        trainer = build()
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
     try:
@@ -182,24 +195,13 @@ def softmax_config_from_args(args: argparse.Namespace):
 def run_train_softmax(args: argparse.Namespace) -> int:
     """``xmcviz train --first-label-only``: the softmax setting of :mod:`xmcviz.softmax`."""
     from .softmax import SoftmaxTrainer
-    from .trainer import TrainingDiverged
-    try:
+
+    def build():
         if args.resume:
             raise ValueError("resume=True is not supported with --first-label-only (runs are "
                              "short): use --overwrite")
-        config = softmax_config_from_args(args).validate()
-        if config.data is None and config.train is None:
-            raise ValueError("no data: pass --data DIR_OR_NAME or --train FILE --test FILE")
-        trainer = SoftmaxTrainer(config)
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(str(e)) from None
-    try:
-        final = trainer.train()
-    except TrainingDiverged as e:
-        print(f"xmcviz: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    print(json.dumps(final, indent=2))
-    return EXIT_OK
+        return SoftmaxTrainer(_check_data(softmax_config_from_args(args).validate()))
+    return _train_and_report(build)
 
 
 # ----------------------------------------------------------------------------------- data
