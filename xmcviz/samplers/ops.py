@@ -19,6 +19,8 @@ from .base import Positives
 _RAND_HIGH = 2 ** 62
 # Padding of a sorted positive table: above every label id and every candidate.
 PAD = torch.iinfo(torch.int64).max
+# ids below this fit int32 (the CPU path of nth_negative).
+_INT32_SAFE = 2**31 - 1
 # Up to this many positives per row, counting by broadcast compare is faster than searchsorted.
 _BROADCAST_MAX = 16
 
@@ -92,7 +94,15 @@ def nth_negative(table: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     shifted = torch.where(table != PAD, shifted, PAD)  # padding: never counted
     if table.shape[1] <= _BROADCAST_MAX:
         # A few positives per row: one compare per positive column (whole batch each)
-        # beats a batched binary search.
+        # beats a batched binary search.  On the CPU in numpy int32 (ids < 2^31): about 2.5x
+        # faster than the same loop in torch int64 on [256, 100] (dispatch and bandwidth).
+        if v.device.type == "cpu" and (v.numel() == 0 or int(v.max()) < _INT32_SAFE):
+            vv = v.numpy().astype(np.int32)
+            sh = shifted.clamp_max(_INT32_SAFE).numpy().astype(np.int32)
+            out32 = vv.copy()
+            for j in range(sh.shape[1]):
+                out32 += sh[:, j:j + 1] <= vv
+            return torch.from_numpy(out32.astype(np.int64))
         out = v.clone()
         for j in range(table.shape[1]):
             out += shifted[:, j:j + 1] <= v
@@ -106,22 +116,33 @@ def first_occurrence(ids: torch.Tensor, valid: torch.Tensor | None = None) -> to
     Entries with ``valid`` False are ignored (never keep, never shadow a later
     valid entry).  Vectorised: sort each row by (id, position), compare
     neighbours, scatter back.  On the CPU the sort is numpy's value-only sort of
-    the composite keys ``id * n + position`` (unique, so no stable sort and no
+    the composite keys ``(id << s) | position`` (unique, so no stable sort and no
     index array is needed): about 10x faster than ``torch.sort`` on rows of ~100."""
     B, n = ids.shape
     if valid is None:
         valid = torch.ones_like(ids, dtype=torch.bool)
-    if n == 0:
+    if n == 0 or B == 0:
         return valid.clone()
-    pos = torch.arange(n, device=ids.device).expand(B, n)
-    # Give every invalid entry a distinct negative key so it never equals anything.
-    keys = torch.where(valid, ids, -1 - pos)
     if ids.device.type == "cpu":
-        comp = torch.from_numpy(np.sort((keys * n + pos).numpy(), axis=1))
-        sorted_keys = torch.div(comp, n, rounding_mode="floor")
-        order = comp - sorted_keys * n
-    else:
-        sorted_keys, order = torch.sort(keys, dim=1, stable=True)
+        # Composite keys (id << s) | position with 2^s >= n, sorted per row in numpy (int32
+        # when they fit); an entry is a repeat when its sorted neighbour on the left has the
+        # same id.  Repeats are rare, so they are cleared one by one from their positions
+        # (the key's low bits) instead of scattering the whole sorted mask back.
+        shift = int(n).bit_length()
+        i, v = ids.numpy(), valid.numpy()
+        dtype = np.int32 if int(i.max()) < (1 << (30 - shift)) else np.int64
+        pos_np = np.arange(n, dtype=dtype)
+        # Every invalid entry gets a distinct negative key, so it never equals anything.
+        k = np.where(v, i.astype(dtype, copy=False), -1 - pos_np)
+        comp = np.sort((k << shift) | pos_np, axis=1)
+        sk = comp >> shift
+        r, c = np.nonzero(sk[:, 1:] == sk[:, :-1])
+        first = v.copy()
+        first[r, comp[r, c + 1] & ((1 << shift) - 1)] = False
+        return torch.from_numpy(first)
+    pos = torch.arange(n, device=ids.device).expand(B, n)
+    keys = torch.where(valid, ids, -1 - pos)  # invalid entries: distinct, never equal
+    sorted_keys, order = torch.sort(keys, dim=1, stable=True)
     first_sorted = torch.ones_like(valid)
     first_sorted[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
     first = torch.empty_like(valid).scatter_(1, order, first_sorted)
