@@ -468,8 +468,8 @@ def write_markdown(recs: list[dict], a) -> None:
              f"k = {K_MIX} (MIPS-s, top-uniform); K = sqrt(L), tau = {a.nprobe or 16}.  Medians over "
              f"{a.steps} timed rounds after {a.warmup} warm-up rounds; the samplers of one L are "
              f"interleaved within each round (order rotated).  Wall-clock ms, CPU ms in "
-             f"parentheses (the machine was shared with other jobs; CPU time is less "
-             f"affected by them).  The index refresh is not part of a step.", "",
+             f"parentheses (CPU time is less affected by other jobs on a shared "
+             f"machine).  The index refresh is not part of a step.", "",
              "## ms per step", "",
              "| sampler | " + " | ".join(f"L = {L:,}" for L in Ls) + " |",
              "|---|" + "---|" * len(Ls)]
