@@ -22,11 +22,20 @@ $(VENV)/.installed-$(FAISS): pyproject.toml
 
 setup: $(VENV)/.installed-$(FAISS)
 
-# The main job: train with MIPS-s on the built-in synthetic data, instruments on, then summarise.
+# The main job, on the built-in synthetic data: train with MIPS-s (instruments on) and summarise
+# the run, then execute two notebooks headless and export them to HTML (open them in a browser).
 DEMO_ARGS ?= --data synthetic:eurlex-like --model mlp --sampler mips-s --warmup-epochs 1 --epochs 8
+DEMO_NOTEBOOKS ?= gradient_dominance rank_histograms
 demo: setup
 	$(VENV)/bin/xmcviz train $(DEMO_ARGS) --out $(DEMO_OUT) --overwrite
 	$(VENV)/bin/xmcviz inspect $(DEMO_OUT)
+	for nb in $(DEMO_NOTEBOOKS); do \
+	  $(VENV)/bin/papermill notebooks/$$nb.ipynb $(abspath $(DEMO_OUT))/$$nb.ipynb -k python3 \
+	    --cwd notebooks -p output_dir $(abspath $(DEMO_OUT))/$$nb --no-progress-bar && \
+	  $(VENV)/bin/jupyter nbconvert --to html --log-level WARN $(abspath $(DEMO_OUT))/$$nb.ipynb \
+	    || exit 1; \
+	done
+	@echo "demo: run in $(DEMO_OUT)/, notebooks as $(DEMO_OUT)/*.html"
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
