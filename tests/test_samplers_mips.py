@@ -1,6 +1,7 @@
 """MIPS-a / MIPS-s sampling, refresh cadence and the warm-up switch."""
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,34 @@ def test_sampler_validation_messages():
         MipsSampler(L, 300, 5)
     with pytest.raises(ValueError, match="W has 10 rows"):
         MipsSampler(L, R, 5).refresh(torch.zeros(10, D), 0, 0)
+
+
+@pytest.mark.parametrize("k, R, L, width", [(5, 100, 500, 3), (5, 20, 40, 8), (10, 10, 300, 2),
+                                            (3, 30, 64, 20), (4, 12, 6, 6)])
+def test_cpu_numpy_assembly_equals_the_torch_path(k, R, L, width):
+    """The numpy fast path gives the same negatives from the same generator state."""
+    from xmcviz.samplers.mips import _assemble_cpu, assemble_negatives
+    from xmcviz.samplers.ops import sorted_positive_table
+    rng = np.random.default_rng(k * 1000 + R + width)
+    B = 64
+    ids = torch.as_tensor(rng.integers(0, L, size=(B, width)))
+    mask = torch.as_tensor(rng.random((B, width)) < 0.7)
+    mask[0] = False                       # a row without positives
+    ids[1, :] = ids[1, 0]                 # a row with one positive repeated
+    mask[1, :] = True
+    if L <= width:
+        ids[2] = torch.arange(width) % L  # a row whose every label is positive
+        mask[2] = True
+    pos = Positives(ids, mask)
+    cand = torch.as_tensor(np.stack([rng.permutation(L)[:min(L, k + width)] for _ in range(B)]))
+    cand[3, -2:] = -1                     # unfilled search results
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    fast = _assemble_cpu(cand, pos, k, R, L, g1)
+    table, _ = sorted_positive_table(pos)
+    ref = assemble_negatives(cand, pos, k, R, L, g2, table=table)  # the generic torch path
+    assert torch.equal(fast.ids, ref.ids)
+    assert torch.equal(fast.mask, ref.mask)
+    assert torch.equal(fast.source, ref.source)
+    # and the contract: no positive is ever in the loss
+    is_pos = ((fast.ids[:, :, None] == ids[:, None, :]) & mask[:, None, :]).any(2)
+    assert not bool((is_pos & fast.mask).any())
