@@ -233,6 +233,18 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
+    def check_free(self, resume: bool = False, overwrite: bool = False,
+                   resumable: bool = True) -> None:
+        """Refuse a directory that holds a run unless resuming or overwriting it.
+
+        Trainers call this before any work, so a wrong ``out`` fails at once.  ``resumable``:
+        whether the message may offer ``--resume``."""
+        if self.is_nonempty() and not (resume or overwrite):
+            how = ("pass resume=True (--resume) to continue it or overwrite=True (--overwrite) "
+                   "to replace it" if resumable else
+                   "pass overwrite=True (--overwrite) to replace it")
+            raise RunDirNotEmpty(f"out={str(self.path)!r} is not empty (it holds a run): {how}")
+
     def prepare(self, resume: bool = False, overwrite: bool = False) -> None:
         """Create the directory; refuse a non-empty one unless resuming or overwriting.
 
@@ -241,11 +253,8 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"out={str(self.path)!r} exists and is not a directory")
+        self.check_free(resume, overwrite)
         if self.is_nonempty() and not resume:
-            if not overwrite:
-                raise RunDirNotEmpty(
-                    f"out={str(self.path)!r} is not empty (it holds a run): pass resume=True "
-                    f"(--resume) to continue it or overwrite=True (--overwrite) to replace it")
             for name in (CONFIG, METRICS, CHECKPOINT, CHECKPOINT + ".tmp", CONFIG + ".tmp",
                          METRICS + ".tmp"):
                 (self.path / name).unlink(missing_ok=True)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .adversarial.proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
 from .adversarial.tree import training_pairs
-from .rundir import JsonlWriter, RunDir, RunDirNotEmpty, environment_info
+from .rundir import JsonlWriter, RunDir, environment_info
 from .validation import check_choice, check_float, check_int
 
 __all__ = ["SOFTMAX_METHODS", "SoftmaxConfig", "SoftmaxTrainer", "pair_loss", "sparse_pair_scores",
@@ -249,9 +249,8 @@ class SoftmaxTrainer:
         self._callbacks: list[Callable[[dict], None]] = []
         self._started = False
         self.run_dir = RunDir(config.out) if config.out is not None else None
-        if self.run_dir is not None and self.run_dir.is_nonempty() and not config.overwrite:
-            raise RunDirNotEmpty(f"out={config.out!r} is not empty (it holds a run): pass "
-                                 f"overwrite=True (--overwrite) to replace it")
+        if self.run_dir is not None:
+            self.run_dir.check_free(overwrite=config.overwrite, resumable=False)
 
     def _build_proposal(self) -> Proposal:
         c = self.config

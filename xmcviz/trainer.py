@@ -36,7 +36,7 @@ from .hooks.base import Hook, RunInfo, StepContext
 from .loss import model_loss
 from .models import MODEL_NAMES, build_model
 from .optim import RowSparseAdam  # re-exported: it used to live here
-from .rundir import (JsonlWriter, RunDir, RunDirNotEmpty, environment_info, load_checkpoint,
+from .rundir import (JsonlWriter, RunDir, environment_info, load_checkpoint,
                      save_checkpoint)
 from .samplers.base import NegativeSampler, Positives
 from .samplers.faiss_index import default_clusters  # K's default, shared with the samplers
@@ -342,10 +342,7 @@ class Trainer:
 
         self.run_dir = RunDir(config.out) if config.out is not None else None
         if self.run_dir is not None:
-            if self.run_dir.is_nonempty() and not (config.resume or config.overwrite):
-                raise RunDirNotEmpty(
-                    f"out={config.out!r} is not empty (it holds a run): pass resume=True "
-                    f"(--resume) to continue it or overwrite=True (--overwrite) to replace it")
+            self.run_dir.check_free(config.resume, config.overwrite)
             if config.resume:
                 self.resume_step = 0
                 if self.run_dir.has_checkpoint():
