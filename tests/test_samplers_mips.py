@@ -222,7 +222,7 @@ def test_sampler_validation_messages():
                                             (3, 30, 64, 20), (4, 12, 6, 6)])
 def test_cpu_numpy_assembly_equals_the_torch_path(k, R, L, width):
     """The numpy fast path gives the same negatives from the same generator state."""
-    from xmcviz.samplers.mips import _assemble_cpu, assemble_negatives
+    from xmcviz.samplers.mips import _assemble_cpu, _assemble_torch, assemble_negatives
     from xmcviz.samplers.ops import sorted_positive_table
     rng = np.random.default_rng(k * 1000 + R + width)
     B = 64
@@ -237,13 +237,17 @@ def test_cpu_numpy_assembly_equals_the_torch_path(k, R, L, width):
     pos = Positives(ids, mask)
     cand = torch.as_tensor(np.stack([rng.permutation(L)[:min(L, k + width)] for _ in range(B)]))
     cand[3, -2:] = -1                     # unfilled search results
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    fast = _assemble_cpu(cand, pos, k, R, L, g1)
     table, _ = sorted_positive_table(pos)
-    ref = assemble_negatives(cand, pos, k, R, L, g2, table=table)  # the generic torch path
-    assert torch.equal(fast.ids, ref.ids)
-    assert torch.equal(fast.mask, ref.mask)
-    assert torch.equal(fast.source, ref.source)
+    ref = _assemble_torch(cand, pos, k, R, L, torch.Generator().manual_seed(7), None)
+    # the numpy path, computing the table itself or given it (as MipsSampler.sample does),
+    # and through the public entry point, which takes it on the CPU
+    for fast in (_assemble_cpu(cand, pos, k, R, L, torch.Generator().manual_seed(7)),
+                 _assemble_cpu(cand, pos, k, R, L, torch.Generator().manual_seed(7), table),
+                 assemble_negatives(cand, pos, k, R, L, torch.Generator().manual_seed(7),
+                                    table=table)):
+        assert torch.equal(fast.ids, ref.ids)
+        assert torch.equal(fast.mask, ref.mask)
+        assert torch.equal(fast.source, ref.source)
     # and the contract: no positive is ever in the loss
     is_pos = ((fast.ids[:, :, None] == ids[:, None, :]) & mask[:, None, :]).any(2)
     assert not bool((is_pos & fast.mask).any())

@@ -44,17 +44,25 @@ def assemble_negatives(candidates: torch.Tensor, positives: Positives, k: int,
     most once, as an IVF search returns them).  ``table``: the rows' :func:`sorted_positive_table`
     when the caller already has it.  No Python loop over rows (the benchmark
     ``benchmarks/step_cost.py`` times it against a per-row loop)."""
-    device = candidates.device
     # MIPS-s on the CPU: the numpy path (MIPS-a, with nothing to draw, is as fast in torch).
-    if device.type == "cpu" and table is None and k < num_negatives and num_labels < _INT32_SAFE:
-        return _assemble_cpu(candidates, positives, k, num_negatives, num_labels, generator)
+    if candidates.device.type == "cpu" and k < num_negatives and num_labels < _INT32_SAFE:
+        return _assemble_cpu(candidates, positives, k, num_negatives, num_labels, generator,
+                             table)
+    return _assemble_torch(candidates, positives, k, num_negatives, num_labels, generator, table)
+
+
+def _assemble_torch(candidates: torch.Tensor, positives: Positives, k: int, num_negatives: int,
+                    num_labels: int, generator: torch.Generator | None,
+                    table: torch.Tensor | None) -> Negatives:
+    """:func:`assemble_negatives` in torch ops (any device)."""
+    device = candidates.device
     pos = positives_on(positives, device)
     if table is None:
         table, _ = sorted_positive_table(pos)
     ids, ok = first_k_negatives(candidates, table, k)
     rest = num_negatives - k
     if rest > 0:
-        uni, uni_ok = uniform_excluding(pos, num_labels, rest, generator, device)
+        uni, uni_ok = uniform_excluding(pos, num_labels, rest, generator, device, table=table)
         ids, ok = torch.cat([ids, uni], dim=1), torch.cat([ok, uni_ok], dim=1)
         mask = first_occurrence(ids, ok)
     else:
@@ -65,7 +73,8 @@ def assemble_negatives(candidates: torch.Tensor, positives: Positives, k: int,
 
 
 def _assemble_cpu(candidates: torch.Tensor, positives: Positives, k: int, num_negatives: int,
-                  num_labels: int, generator: torch.Generator | None) -> Negatives:
+                  num_labels: int, generator: torch.Generator | None,
+                  table: torch.Tensor | None = None) -> Negatives:
     """:func:`assemble_negatives` in numpy: the same negatives from the same generator state.
 
     On the CPU the torch path is ~40 small ops on [B, R] arrays whose dispatch, not their
@@ -74,15 +83,17 @@ def _assemble_cpu(candidates: torch.Tensor, positives: Positives, k: int, num_ne
     :func:`~xmcviz.samplers.ops.uniform_excluding`), so runs and resumes are unchanged."""
     cand = candidates.numpy()
     B = cand.shape[0]
-    p_ids, p_mask = positives.ids.cpu().numpy(), positives.mask.cpu().numpy()
-    if p_ids.shape[1] == 0:
-        p_ids, p_mask = np.zeros((B, 1), np.int64), np.zeros((B, 1), bool)
-    # The rows' distinct positives, sorted, padded with PAD (sorted_positive_table).
-    table = np.sort(np.where(p_mask, p_ids, PAD), axis=1)
-    dup = table[:, 1:] == table[:, :-1]
-    if dup.any():
-        table[:, 1:][dup] = PAD
-        table.sort(axis=1)
+    if table is not None:  # the caller's sorted_positive_table
+        table = table.cpu().numpy()
+    else:  # the rows' distinct positives, sorted, padded with PAD (sorted_positive_table)
+        p_ids, p_mask = positives.ids.cpu().numpy(), positives.mask.cpu().numpy()
+        if p_ids.shape[1] == 0:
+            p_ids, p_mask = np.zeros((B, 1), np.int64), np.zeros((B, 1), bool)
+        table = np.sort(np.where(p_mask, p_ids, PAD), axis=1)
+        dup = table[:, 1:] == table[:, :-1]
+        if dup.any():
+            table[:, 1:][dup] = PAD
+            table.sort(axis=1)
     real = table != PAD
     count = real.sum(axis=1)
     # First k search results that are labels and not positives (first_k_negatives).

@@ -61,7 +61,8 @@ def is_member(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 def uniform_excluding(positives: Positives, num_labels: int, n: int,
                       generator: torch.Generator | None = None,
-                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device | None = None,
+                      table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``n`` labels per row uniformly from the row's negatives, with replacement.
 
     Exact uniform over the complement of the positives: draw v in
@@ -72,10 +73,13 @@ def uniform_excluding(positives: Positives, num_labels: int, n: int,
 
     Returns ``(ids, ok)``, int64 and bool [B, n]; ``ok`` is False only in a
     row whose every label is positive (its ids are then 0, to be masked).
+    ``table``: the rows' :func:`sorted_positive_table` when the caller already has it.
     """
     device = positives.ids.device if device is None else device
-    table, count = sorted_positive_table(positives)
-    table, count = table.to(device), count.to(device)
+    if table is None:
+        table, _ = sorted_positive_table(positives)
+    table = table.to(device)
+    count = (table != PAD).sum(dim=1)
     B = table.shape[0]
     free = (num_labels - count).clamp_min(1)  # number of negatives in the row
     v = torch.randint(0, _RAND_HIGH, (B, n), generator=generator, device=device) % free[:, None]
