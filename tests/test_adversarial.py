@@ -288,7 +288,6 @@ def test_sampler_requires_rows(sampler):
         s.sample(torch.zeros(4, 2), pos, rows=torch.arange(3))
 
 
-@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_log_pn_for_test_rows(sampler):
     s, X, _ = sampler
     Xt = X[:10]

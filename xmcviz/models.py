@@ -141,10 +141,8 @@ def _row_gradient(ids: torch.Tensor, grad: torch.Tensor, emb: torch.Tensor,
     crow = counts.new_zeros(uniq.numel() + 1)
     torch.cumsum(counts, 0, out=crow[1:])
     col = order // K if col is None else col.index_select(0, order)
-    with warnings.catch_warnings():  # torch's "beta" notice; sparse CSR @ dense is stable
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        A = torch.sparse_csr_tensor(crow, col, g.index_select(0, order), (uniq.numel(), B),
-                                    check_invariants=False)
+    A = torch.sparse_csr_tensor(crow, col, g.index_select(0, order), (uniq.numel(), B),
+                                check_invariants=False)
     vals = A @ emb if uniq.numel() else emb.new_zeros((0, emb.shape[1]))
     return torch.sparse_coo_tensor(uniq.unsqueeze(0), vals, shape, is_coalesced=True,
                                    check_invariants=False)
@@ -297,12 +295,14 @@ class XMCModel(nn.Module):
             raise ValueError(f"ids has shape {tuple(ids.shape)}: expected [{emb.shape[0]}, K]")
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}: expected {tuple(ids.shape)}")
-        B, K = ids.shape
         if path == "sparse" and emb.requires_grad:
             raise ValueError("path='sparse' gives no gradient to emb, which requires one: "
                              "allowed for inputs without gradient (the linear model's x)")
-        if path == "sparse" or (path == "auto" and self._sparse_input(emb)):
-            row, col = emb.detach().nonzero(as_tuple=True)
+        nz = self._sparse_input(emb) if path == "auto" else None
+        if path == "sparse":
+            nz = emb.detach().nonzero(as_tuple=True)
+        if nz is not None:
+            row, col = nz
             s = _SparseScores.apply(self.W, ids, mask, row, col, emb.detach()[row, col],
                                     self.sparse_grad)
         else:
@@ -342,11 +342,13 @@ class XMCModel(nn.Module):
             live_u[inv[mask]] = True
         return (emb @ self._rows(self.W, uniq, live_u).T).gather(1, inv)
 
-    def _sparse_input(self, emb: torch.Tensor) -> bool:
-        """True for a wide, mostly-zero ``emb`` that needs no gradient (the linear model's x)."""
+    def _sparse_input(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The non-zeros ``(row, col)`` of a wide, mostly-zero ``emb`` that needs no gradient
+        (the linear model's x); None for any other ``emb``.  One scan finds and counts them."""
         if emb.requires_grad or emb.dim() != 2 or emb.shape[1] < 256:
-            return False
-        return int(torch.count_nonzero(emb)) <= SPARSE_DENSITY * emb.numel()
+            return None
+        row, col = emb.detach().nonzero(as_tuple=True)
+        return (row, col) if row.numel() <= SPARSE_DENSITY * emb.numel() else None
 
     def _use_unique(self, n_pairs: int, ids: torch.Tensor, path: str, num_rows: int
                     ) -> tuple[bool, tuple[torch.Tensor, torch.Tensor] | None]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
@@ -43,11 +42,8 @@ from .samplers.faiss_index import default_clusters  # K's default, shared with t
 from .validation import check_choice, check_float, check_int
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RowSparseAdam", "csr_to_torch",
-           "resolve_device", "epoch_permutation", "DEFAULT_SAMPLER_NAMES"]
+           "resolve_device", "epoch_permutation", "sampler_names"]
 
-#: Used for validation when ``xmcviz.samplers.SAMPLER_NAMES`` cannot be imported.
-DEFAULT_SAMPLER_NAMES = ("full", "uniform", "frequency", "top", "top-uniform", "mips-a", "mips-s")
-MIPS_SAMPLERS = ("mips-a", "mips-s")
 CHECKPOINT_FORMAT = 1
 
 # Settings that may differ between a run and its resumption: they do not change the trajectory.
@@ -60,12 +56,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def sampler_names() -> tuple[str, ...]:
-    """Names accepted by ``make_sampler`` (the built-in list if the registry is not importable)."""
-    try:
-        from .samplers import SAMPLER_NAMES
-    except ImportError:
-        return DEFAULT_SAMPLER_NAMES
-    return tuple(SAMPLER_NAMES)
+    """Names accepted by ``make_sampler``, read at call time (``register_sampler`` adds some)."""
+    from . import samplers
+    return tuple(samplers.SAMPLER_NAMES)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -237,12 +230,10 @@ def csr_to_torch(X: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.
     crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))
     col = torch.from_numpy(X.indices.astype(np.int64, copy=False))
     val = torch.from_numpy(X.data.astype(np.float32, copy=False))
-    # check_invariants=False: scipy already guarantees a valid CSR.  torch's "beta" notice
-    # would otherwise greet every user once per process; the operations we use are stable.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, val, size=X.shape, dtype=torch.float32,
-                                       device=device, check_invariants=False)
+    # check_invariants=False: scipy already guarantees a valid CSR.  (torch's "beta" notice
+    # is silenced once, in xmcviz.models.)
+    return torch.sparse_csr_tensor(crow, col, val, size=X.shape, dtype=torch.float32,
+                                   device=device, check_invariants=False)
 
 
 def _propensity_from_meta(meta: dict) -> tuple[float | None, float | None]:
