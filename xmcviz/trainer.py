@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .data.registry import DEFAULT_PROPENSITY
 from .hooks.base import Hook, RunInfo, StepContext
 from .loss import model_loss
 from .models import MODEL_NAMES, build_model
@@ -280,9 +281,9 @@ class Trainer:
                                       minlength=self.num_labels).astype(np.float64)
         a, b = _propensity_from_meta(getattr(ds, "meta", {}))
         self.propensity = (float(config.propensity_a if config.propensity_a is not None
-                                 else a if a is not None else 0.55),
+                                 else a if a is not None else DEFAULT_PROPENSITY[0]),
                            float(config.propensity_b if config.propensity_b is not None
-                                 else b if b is not None else 1.5))
+                                 else b if b is not None else DEFAULT_PROPENSITY[1]))
         from .metrics import inv_propensity
         self.inv_propensity = inv_propensity(ds.Y_train, *self.propensity)
 
@@ -491,8 +492,9 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ hooks
-    def _call_hooks(self, moment: str, arg: Any, step: int | None = None) -> None:
-        hooks = [h for h in self.hooks if step is None or h.wants(step)]
+    def _call_hooks(self, moment: str, arg: Any, hooks: list[Hook] | None = None) -> None:
+        """Call ``moment`` on ``hooks`` (default: all of them)."""
+        hooks = self.hooks if hooks is None else hooks
         if not hooks:
             return
         # A forked RNG: a hook drawing random numbers cannot shift dropout or the sampler.
@@ -617,7 +619,8 @@ class Trainer:
                                    f"{epoch}, batch {in_epoch} of the epoch){where}")
 
         ctx = None
-        if any(h.wants(step) for h in self.hooks):
+        due = [h for h in self.hooks if h.wants(step)]
+        if due:
             ctx = StepContext(step=step, epoch=epoch, step_in_epoch=in_epoch, rows=rows_t,
                               emb=emb.detach(), positives=pos, negatives=neg,
                               pos_scores=out.pos_scores.detach(),
@@ -626,7 +629,7 @@ class Trainer:
                               steps_since_refresh=self.sampler.steps_since_refresh(step),
                               refresh_interval=self.sampler.refresh_interval())
             t_hooks = time.perf_counter()
-            self._call_hooks("before_update", ctx, step)
+            self._call_hooks("before_update", ctx, due)
             t0 += time.perf_counter() - t_hooks  # hook time is not training time
 
         for opt in self.optimizers:
@@ -636,7 +639,7 @@ class Trainer:
             opt.step()
         if ctx is not None:
             t_hooks = time.perf_counter()
-            self._call_hooks("after_update", ctx, step)
+            self._call_hooks("after_update", ctx, due)
             t0 += time.perf_counter() - t_hooks
 
         self.step += 1
