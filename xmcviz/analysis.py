@@ -92,7 +92,7 @@ def batch_label_counts(records: pd.DataFrame, source: str = "mips",
     empty = (None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     if records.empty:
         return empty
-    sel = records[records["source"].astype(str) == source]
+    sel = records[records["source"] == source]  # categorical names: no string copy
     if step is None:
         if sel.empty:
             return empty

@@ -20,7 +20,6 @@ Datasets are loaded once per ``(data, data_seed)`` and shared between runs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,9 @@ import plotly.graph_objects as go
 from .hooks import MetricsLog, make_hooks
 from .live import LiveData, LiveFigure, Throttle
 from .plots import figure_data
+from .rundir import atomic_write_bytes
+from .sweep import RESULTS_FILE, json_safe  # results.json is the contract with `xmcviz sweep`
 from .trainer import TrainConfig, Trainer
-
-RESULTS_FILE = "results.json"  # the name `xmcviz sweep` reads
 
 
 @dataclass
@@ -107,16 +106,9 @@ class Experiment:
     # ------------------------------------------------------------------ runs
     def dataset(self, config: TrainConfig):
         """The dataset ``config`` names, loaded once per ``(data, train, test, data_seed)``."""
-        from . import data
-
         key = (config.data, config.train, config.test, config.data_seed)
         if key not in self._datasets:
-            if config.data is not None:
-                self._datasets[key] = data.resolve(config.data, seed=config.data_seed)
-            elif config.train is not None and config.test is not None:
-                self._datasets[key] = data.load(train=config.train, test=config.test)
-            else:
-                raise ValueError("config names no data: give data= or train= and test=")
+            self._datasets[key] = Trainer._load_data(config)
         return self._datasets[key]
 
     def run(self, label: str, config: TrainConfig, dataset=None) -> RunResult:
@@ -204,31 +196,13 @@ class Experiment:
             figures[name] = figure_data(fig)
         out = {"final": final, "runs": runs, "figures": figures, "live": self.draw_stats()}
         out.update(extra)
-        return _json_safe(out)
+        return json_safe(out)
 
     def write(self, output_dir: str | Path, **extra: Any) -> Path:
         """Write :meth:`results` to ``output_dir/results.json`` (created if needed)."""
         d = Path(output_dir)
         d.mkdir(parents=True, exist_ok=True)
         path = d / RESULTS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.results(**extra), indent=1, allow_nan=False))
-        tmp.replace(path)
+        atomic_write_bytes(path, json.dumps(self.results(**extra), indent=1,
+                                            allow_nan=False).encode())
         return path
-
-
-def _json_safe(v: Any) -> Any:
-    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    import numpy as np
-
-    if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_json_safe(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

@@ -106,18 +106,6 @@ class LiveFigure:
         self.draws = 0
         self.draw_seconds = 0.0
 
-    @property
-    def min_interval(self) -> float:
-        return self.throttle.min_interval
-
-    @property
-    def budget(self) -> float:
-        return self.throttle.budget
-
-    @property
-    def _t0(self) -> float:
-        return self.throttle._t0
-
     def show(self) -> "LiveFigure":
         """Draw now (the first display; not counted in the live-update budget)."""
         self.draw(live=False)
@@ -193,4 +181,6 @@ class LiveData:
         parts = self._arrays.get(key)
         if not parts:
             return pd.DataFrame()
-        return with_source_names(pd.DataFrame(np.concatenate(parts)))
+        if len(parts) > 1:  # keep the join: a redraw then only joins what arrived since
+            parts[:] = [np.concatenate(parts)]
+        return with_source_names(pd.DataFrame(parts[0]))

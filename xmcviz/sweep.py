@@ -559,8 +559,24 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+def json_safe(v: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists.
+
+    Results files (``results.json``, written by :class:`xmcviz.experiment.Experiment`) and
+    the results table go through it, so both hold strict JSON."""
+    import numpy as np  # here: `xmcviz sweep` starts without numpy
+
+    if isinstance(v, Mapping):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [json_safe(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def pick_metric(table: "pd.DataFrame", exclude: Iterable[str] = ()) -> str | None:
@@ -633,7 +649,7 @@ def write_outputs(out: Path, records: Sequence[RunRecord],
     files = {"jsonl": out / "results.jsonl", "csv": out / "results.csv",
              "summary": out / "summary.html"}
     _write_atomic(files["jsonl"], "".join(
-        json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n" for row in rows))
+        json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n" for row in rows))
     _write_atomic(files["csv"], table.to_csv(index=False))
     metric = pick_metric(table, grid_names) if len(table) else None
     fig = summary_figure(table, grid_names, metric) if metric else None
