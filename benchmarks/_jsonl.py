@@ -6,14 +6,16 @@ from typing import IO
 
 
 class JsonLines:
-    """``with JsonLines(path) as out: out.emit(record)``: stdout always, ``path`` when set."""
+    """``with JsonLines(path) as out: out.emit(record)``: stdout always, ``path`` when set
+    (``mode`` "w" replaces the file, "a" appends to it)."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, mode: str = "w") -> None:
         self.path = path
+        self.mode = mode
         self._f: IO[str] | None = None
 
     def __enter__(self) -> "JsonLines":
-        self._f = open(self.path, "w") if self.path else None
+        self._f = open(self.path, self.mode) if self.path else None
         return self
 
     def emit(self, record: dict) -> dict:

@@ -14,7 +14,6 @@ noisy: the repeats are interleaved and medians taken for that reason.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
 from xmcviz.hooks import DEFAULT_HOOKS, make_hooks
 from xmcviz.trainer import TrainConfig, Trainer
@@ -48,22 +48,20 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     ds = xdata.resolve(args.data, seed=0)
     times: dict[str, list[float]] = {"on": [], "off": []}
-    with tempfile.TemporaryDirectory(prefix="hook_overhead-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hook_overhead-") as tmp, JsonLines() as out:
         timed_run(ds, args, False, Path(tmp) / "warm")  # first run pays one-off costs
         for rep in range(args.repeats):
             order = ("on", "off") if rep % 2 == 0 else ("off", "on")
             for which in order:
                 t = timed_run(ds, args, which == "on", Path(tmp) / which)
                 times[which].append(t)
-                print(json.dumps({"repeat": rep, "hooks": which, "train_wall_s": round(t, 3)}),
-                      flush=True)
+                out.emit({"repeat": rep, "hooks": which, "train_wall_s": round(t, 3)})
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     result = {"data": args.data, "sampler": args.sampler, "epochs": args.epochs,
               "hooks": DEFAULT_HOOKS, "repeats": args.repeats,
               "median_on_s": round(on, 3), "median_off_s": round(off, 3),
               "overhead_ratio": round(on / off, 4), "target": 1.10}
-    print(json.dumps(result), flush=True)
-    return result
+    return JsonLines().emit(result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 
 from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
-from xmcviz.analysis import rank_medians_by_phase
+from xmcviz.analysis import PHASES, rank_medians_by_phase
 from xmcviz.hooks import NegativeRanks
 from xmcviz.runs import load_run
 from xmcviz.trainer import TrainConfig, Trainer
@@ -34,19 +34,17 @@ from xmcviz.trainer import TrainConfig, Trainer
 SAMPLERS = ("uniform", "mips-s", "mips-a")
 
 
-def phase_medians(run_dir: Path, steps_per_epoch: int, since_step: int) -> dict:
+def phase_medians(ranks, steps_per_epoch: int, since_step: int) -> dict:
     """Median rank per phase (first/middle/last) of the refresh intervals, per source."""
-    ranks = load_run(run_dir).hooks["ranks"]
     if (ranks["steps_since_refresh"] < 0).all():  # never refreshes: one interval per epoch
         ranks = ranks.assign(steps_since_refresh=ranks["step"] % steps_per_epoch,
                              refresh_interval=steps_per_epoch)
     return rank_medians_by_phase(ranks, since_step=since_step)
 
 
-def per_interval(run_dir: Path, steps_per_epoch: int, since_step: int) -> list[dict]:
+def per_interval(ranks, since_step: int) -> list[dict]:
     """Median rank at the first and last logged step of each interval (epoch) after warm-up."""
-    r = load_run(run_dir).hooks["ranks"]
-    r = r[r["step"] >= since_step]
+    r = ranks[ranks["step"] >= since_step]
     out = []
     for epoch, g in r.groupby("epoch"):
         steps = sorted(g["step"].unique())
@@ -71,12 +69,13 @@ def run_one(dataset, data: str, sampler: str, seed: int, out_dir: Path, args) ->
     wall = time.perf_counter() - t0
     spe = trainer.steps_per_epoch
     since = args.warmup_epochs * spe  # compare all samplers over the same (post-warm-up) steps
+    ranks = load_run(run_dir).hooks["ranks"]
     return {"data": data, "sampler": sampler, "seed": seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "epochs": args.epochs, "warmup_epochs": warmup, "steps_per_epoch": spe,
             "num_labels": trainer.num_labels, "wall_s": round(wall, 2),
             "P@5": [round(h["P@5"], 4) for h in trainer.history],
-            "median_rank_by_phase": phase_medians(run_dir, spe, since),
-            "median_rank_by_interval": per_interval(run_dir, spe, since)}
+            "median_rank_by_phase": phase_medians(ranks, spe, since),
+            "median_rank_by_interval": per_interval(ranks, since)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "median_rank_first_middle_last": {
                     f"{r['sampler']}-seed{r['seed']}": [
                         r["median_rank_by_phase"].get(ph, {}).get("all")
-                        for ph in ("first", "middle", "last")]
+                        for ph in PHASES]
                     for r in records}}})
     finally:
         if tmp is not None:

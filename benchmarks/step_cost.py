@@ -36,7 +36,6 @@ that path has not been run on a GPU yet.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -49,6 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz.data.dataset import Dataset
 from xmcviz.samplers.base import Positives
 from xmcviz.samplers.mips import assemble_negatives
@@ -107,14 +107,6 @@ class Clock:
 
 def med(xs) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
-
-
-def emit(rec: dict, out) -> dict:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    out.write(line + "\n")
-    out.flush()
-    return rec
 
 
 def batch_rows(rnd: int, n: int) -> np.ndarray:
@@ -285,9 +277,9 @@ def run(a: argparse.Namespace) -> list[dict]:
     device = torch.device(a.device)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     recs: list[dict] = []
-    with open(a.out, "a") as out:
-        recs.append(emit({"kind": "machine", **machine_info(device),
-                          "time": time.strftime("%Y-%m-%d %H:%M:%S")}, out))
+    with JsonLines(a.out, mode="a") as out:  # --out keeps every run
+        recs.append(out.emit({"kind": "machine", **machine_info(device),
+                          "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
         uniform_trainers = {}
         for L in a.labels:
             recs += bench_labels(L, a, device, out, uniform_trainers)
@@ -306,9 +298,9 @@ def bench_labels(L: int, a, device, out, uniform_trainers: dict) -> list[dict]:
         limit = {"full": a.full_max_labels, "top": a.top_max_labels,
                  "top-uniform": a.exhaustive_max_labels}.get(s)
         if limit is not None and L > limit:
-            recs.append(emit({"kind": "step", "labels": L, "sampler": s, "device": str(device),
+            recs.append(out.emit({"kind": "step", "labels": L, "sampler": s, "device": str(device),
                               "skipped": f"L > {limit} (--full-max-labels, "
-                                         f"--top-max-labels, --exhaustive-max-labels)"}, out))
+                                         f"--top-max-labels, --exhaustive-max-labels)"}))
         else:
             names.append(s)
     trainers = {s: make_trainer(s, ds, str(device), a.nprobe) for s in names}
@@ -379,19 +371,19 @@ def bench_labels(L: int, a, device, out, uniform_trainers: dict) -> list[dict]:
                        cpu_step_over_search=med(cpu[s]) / med(search[s][1]),
                        clusters=idx.last_build_info["clusters"], nprobe=idx.effective_nprobe,
                        k=trainers[s].sampler.k)
-        recs.append(emit(rec, out))
+        recs.append(out.emit(rec))
     for s in mips:
         vec, loop, loop_wall = asm[s]
-        recs.append(emit({"kind": "assembly", "labels": L, "sampler": s, "k": trainers[s].sampler.k,
+        recs.append(out.emit({"kind": "assembly", "labels": L, "sampler": s, "k": trainers[s].sampler.k,
                           "device": str(device), "vectorised_cpu_ms": med(vec),
                           "loop_cpu_ms": med(loop), "loop_wall_ms": med(loop_wall),
-                          "speedup": med(loop) / med(vec)}, out))
+                          "speedup": med(loop) / med(vec)}))
     if mips:
         # Warm refresh after W has trained for warmup + steps steps; then a cold one, timed.
         t0 = trainers[mips[0]]
         warm = [t0.sampler.index.refresh(t0.model.W.detach())
                 for _ in range(max(1, a.cold_repeats.get(L, 1)))]
-        recs.append(emit({
+        recs.append(out.emit({
             "kind": "refresh", "labels": L, "device": str(device),
             "cold_s": med([c["seconds"] for c in colds]),
             "cold_kmeans_s": med([c["kmeans_seconds"] for c in colds]),
@@ -400,8 +392,7 @@ def bench_labels(L: int, a, device, out, uniform_trainers: dict) -> list[dict]:
             "add_s": med([w["add_seconds"] for w in warm]), "cold_runs": len(colds),
             "warm_runs": len(warm), "cold_iterations": colds[0]["iterations"],
             "warm_iterations": warm[0]["iterations"], "clusters": colds[0]["clusters"],
-            "cold_over_warm": med([c["seconds"] for c in colds]) / med([w["seconds"] for w in warm])},
-            out))
+            "cold_over_warm": med([c["seconds"] for c in colds]) / med([w["seconds"] for w in warm])}))
     if "uniform" in trainers:
         uniform_trainers[L] = (trainers["uniform"], X, Y)
     return recs
@@ -439,13 +430,13 @@ def bench_uniform_scaling(uniform_trainers: dict, a, device, out) -> list[dict]:
     for L in Ls:
         ph = {k: med([p[k] for p in phases[L]]) for k in phases[L][0]}
         bm = {k: med([b[k] for b in bare[L]]) for k in bare[L][0]}
-        recs.append(emit({
+        recs.append(out.emit({
             "kind": "uniform-scaling", "labels": L, "sampler": "uniform", "device": str(device),
             "ms_per_step": med(steps[L][0]), "cpu_ms_per_step": med(steps[L][1]),
             "ratio_to_smallest": med(steps[L][0]) / med(steps[base][0]),
             "cpu_ratio_to_smallest": med(steps[L][1]) / med(steps[base][1]),
             "phases_cpu_ms": ph, "bare_memory_cpu_ms": bm,
-            "bare_memory_total_cpu_ms": sum(bm.values()), "steps": 2 * a.steps}, out))
+            "bare_memory_total_cpu_ms": sum(bm.values()), "steps": 2 * a.steps}))
     return recs
 
 
