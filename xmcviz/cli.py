@@ -55,8 +55,10 @@ def _sampler_choices() -> Sequence[str]:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``xmcviz train`` (one per :class:`~xmcviz.trainer.TrainConfig` setting)."""
+    from .models import MODEL_NAMES
+    from .softmax import SoftmaxConfig
     from .trainer import TrainConfig
-    d = TrainConfig()
+    d, sd = TrainConfig(), SoftmaxConfig()
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR_OR_NAME",
                    help="dataset folder, file, or name (synthetic:eurlex-like, tiny, small, ...)")
@@ -64,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test", metavar="FILE", help="test file (with --train)")
     g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of synthetic data")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("linear", "mlp"), default=d.model)
+    g.add_argument("--model", choices=MODEL_NAMES, default=d.model)
     g.add_argument("--hidden", type=int, default=d.hidden, help="mlp hidden units")
     g.add_argument("--dropout", type=float, default=d.dropout, help="mlp input dropout")
     g.add_argument("--label-bias", action="store_true", help="a bias per label (default: none)")
@@ -109,9 +111,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-label-only", action="store_true",
                    help="softmax on each row's first label, linear scores, one negative per "
                         "positive, Adagrad; --sampler adversarial, uniform, frequency or nce")
-    g.add_argument("--reg", type=float, default=1e-3, metavar="LAMBDA",
+    g.add_argument("--reg", type=float, default=sd.reg, metavar="LAMBDA",
                    help="regulariser weight of the adversarial loss (first-label mode)")
-    g.add_argument("--adv-dims", type=int, default=16, metavar="k",
+    g.add_argument("--adv-dims", type=int, default=sd.adv_dims, metavar="k",
                    help="PCA dims of the adversarial tree (first-label mode)")
     g = p.add_argument_group("instruments")
     g.add_argument("--hooks", default="default", metavar="SPEC",
@@ -241,7 +243,10 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from .inspect import run_inspect_cli
-    return run_inspect_cli(args)
+    try:
+        return run_inspect_cli(args)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
 
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:

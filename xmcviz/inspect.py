@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .analysis import rank_medians_by_phase, top_negative_labels
@@ -15,10 +14,9 @@ def summarise_run(path: str | Path, top: int = 10) -> str:
     cfg = run.config
     lines = [f"run: {run.path}"]
     if cfg:
-        c = cfg.get("config", cfg)
         keys = ("data", "model", "sampler", "negatives", "mips_k", "refreshes_per_epoch", "refresh_every",
                 "warmup_epochs", "eta_ratio", "epochs", "seed")
-        lines.append("  " + ", ".join(f"{k}={c[k]}" for k in keys if c.get(k) is not None))
+        lines.append("  " + ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None))
     m = run.metrics
     if len(m) and "P@5" in m:
         best = m.loc[m["P@5"].idxmax()]
@@ -38,9 +36,7 @@ def summarise_run(path: str | Path, top: int = 10) -> str:
     freq, fsum = run.hooks.get("freq"), run.hooks.get("freq_summary")
     if freq is not None and fsum is not None and len(freq):
         t = top_negative_labels(freq, fsum, n=top)
-        names = cfg.get("label_names") if isinstance(cfg.get("label_names"), list) else None
-        shown = ", ".join(f"{int(l)}{'(' + names[int(l)] + ')' if names else ''}: {s:.1%}"
-                          for l, s in zip(t["label"], t["share"]))
+        shown = ", ".join(f"{int(l)}: {s:.1%}" for l, s in zip(t["label"], t["share"]))
         lines.append(f"top {len(t)} negative labels (share of draws): {shown}")
         refresh = fsum[(fsum["kind"] == "refresh") & (fsum["source"] == "all")]
         if len(refresh):
@@ -64,8 +60,6 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect_cli(args: argparse.Namespace) -> int:
-    if not Path(args.run).is_dir():
-        print(f"xmcviz inspect: error: {args.run}: no such run directory", file=sys.stderr)
-        return 2
+    """``xmcviz inspect RUN``; a missing directory raises ``FileNotFoundError`` (load_run's)."""
     print(summarise_run(args.run, top=args.top))
     return 0
