@@ -12,13 +12,14 @@ keeps everything it logged; readers drop a torn last line.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,16 +52,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Write to ``path.tmp``, fsync, then ``os.replace`` it onto ``path``: a kill at any moment
+    leaves the old file or the new one, never a torn one (``prepare`` clears stale ``.tmp``)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -160,15 +169,9 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> int
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """``torch.save`` to ``path.tmp``, fsync, ``os.replace``: a kill never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """``torch.save`` atomically (:func:`atomic_file`): a kill never leaves a torn file."""
+    with atomic_file(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -263,9 +266,6 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         atomic_write_json(self.config_path, config)
-
-    def read_config(self) -> dict:
-        return json.loads(self.config_path.read_text())
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)

@@ -17,7 +17,6 @@ is open when the run stops is written by ``close()``.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -57,16 +56,13 @@ class LabelFrequency(RecordingHook):
     def truncate_for_resume(self, d, resume_step: int) -> None:
         # Count records carry a window id, not a step: keep the windows whose
         # summaries survive the step-based truncation.
-        from .storage import read_jsonl, read_records
+        from .storage import atomic_write_bytes, read_jsonl, read_records
         truncate_jsonl(d / f"{self.name}.jsonl", lambda r: r.get("step", -1) < resume_step)
         kept = {r["window"] for r in read_jsonl(d / f"{self.name}.jsonl")}
         path = d / f"{self.name}.bin"
         if path.exists() and path.with_name(path.name + ".json").exists():
             rec = read_records(path)
-            rec = rec[np.isin(rec["window"], list(kept))]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(rec.tobytes())
-            os.replace(tmp, path)
+            atomic_write_bytes(path, rec[np.isin(rec["window"], list(kept))].tobytes())
 
     def _new(self, kind: str, step: int) -> dict:
         return {"kind": kind, "start": step, "last": step,

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 # JSON lines are shared with the run directory (metrics.jsonl): one implementation.
-from ..rundir import JsonlWriter, read_jsonl, truncate_jsonl  # noqa: F401  (re-exported)
+from ..rundir import (JsonlWriter, atomic_write_bytes, read_jsonl,  # noqa: F401 (re-exported)
+                      truncate_jsonl)
 
 
 class RecordWriter:
@@ -34,9 +35,7 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         side = self.path.with_name(self.path.name + ".json")
         fields = [[n, self.dtype.fields[n][0].str] for n in self.dtype.names]
-        tmp = side.with_name(side.name + ".tmp")
-        tmp.write_text(json.dumps({"fields": fields}))
-        os.replace(tmp, side)
+        atomic_write_bytes(side, json.dumps({"fields": fields}).encode())
         self._f = open(self.path, "ab")
         # A torn tail from a killed run would misalign every later record: cut it.
         size = self._f.tell()
@@ -73,7 +72,4 @@ def truncate_records(path: Path, max_step: int, field: str = "step") -> None:
     if not path.exists() or not path.with_name(path.name + ".json").exists():
         return
     rec = read_records(path)
-    rec = rec[rec[field] <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(rec.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, rec[rec[field] <= max_step].tobytes())
