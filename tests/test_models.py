@@ -175,3 +175,12 @@ def test_dense_grad_option_and_custom_encoder():
     m.score(emb, ids).sum().backward()
     assert not m.W.grad.is_sparse and m.encoder.lin.weight.grad is not None
     assert tuple(m.full_scores(emb).shape) == (6, 25)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, -0.1])
+def test_dropout_must_lie_in_half_open_unit_interval(p):
+    from xmcviz.trainer import TrainConfig
+    with pytest.raises(ValueError, match=r"dropout=.* allowed \[0.0, 1.0\)"):
+        MLPEncoder(10, hidden=4, dropout=p)
+    with pytest.raises(ValueError, match=r"dropout=.* allowed \[0.0, 1.0\)"):
+        TrainConfig(dropout=p).validate()

@@ -77,9 +77,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.num_features = check_int("num_features", num_features, 1)
         self.dim = check_int("hidden", hidden, 1)
-        self.dropout = check_float("dropout", dropout, 0.0, 1.0)
-        if self.dropout >= 1.0:
-            raise ValueError(f"dropout={dropout!r} is out of range: allowed [0, 1)")
+        self.dropout = check_float("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.linear = nn.Linear(self.num_features, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

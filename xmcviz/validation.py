@@ -15,16 +15,17 @@ def check_int(name: str, value, low: int, high: int | None = None) -> int:
 
 
 def check_float(name: str, value, low: float, high: float | None = None,
-                low_inclusive: bool = True) -> float:
+                low_inclusive: bool = True, high_inclusive: bool = True) -> float:
     """Validate a real parameter; the error names the value and the range."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
     bad_low = v < low if low_inclusive else v <= low
-    if not np.isfinite(v) or bad_low or (high is not None and v > high):
-        lo = "[" if low_inclusive else "("
-        rng = f"{lo}{low}, {high}]" if high is not None else f"{'>=' if low_inclusive else '>'} {low}"
+    bad_high = high is not None and (v > high if high_inclusive else v >= high)
+    if not np.isfinite(v) or bad_low or bad_high:
+        lo, hi = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
+        rng = f"{lo}{low}, {high}{hi}" if high is not None else f"{'>=' if low_inclusive else '>'} {low}"
         raise ValueError(f"{name}={value!r} is out of range: allowed {rng}")
     return v
 
