@@ -163,9 +163,7 @@ class TrainConfig:
         if not custom_model:
             check_choice("model", self.model, MODEL_NAMES)
         check_int("hidden", self.hidden, 1)
-        check_float("dropout", self.dropout, 0.0, 1.0)
-        if self.dropout >= 1.0:
-            raise ValueError(f"dropout={self.dropout!r} is out of range: allowed [0, 1)")
+        check_float("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
         check_choice("sampler", self.sampler, sampler_names())
         check_float("eta_ratio", self.eta_ratio, 0.0, low_inclusive=False)
         check_float("lr", self.lr, 0.0, low_inclusive=False)
