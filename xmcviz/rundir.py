@@ -128,9 +128,15 @@ def _cut_torn_tail(path: Path) -> None:
     if not path.exists():
         return
     with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":  # the usual case: only the last byte is read
+            return
+        f.seek(0)
         data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
