@@ -9,8 +9,15 @@ import scipy.sparse as sp
 import torch
 
 from xmcviz.adversarial import SparsePCA, fit_label_tree, training_pairs
-from xmcviz.gradient_snr import (categorical_proposal, gradient_snr, tree_proposal,
-                                 uniform_proposal)
+from xmcviz.adversarial.proposals import TreeProposal, UniformProposal
+from xmcviz.adversarial.snr import as_snr_proposal
+from xmcviz.gradient_snr import categorical_proposal, gradient_snr
+from xmcviz.samplers.adversarial import AdversarialSampler
+
+
+def _uniform(num_labels, batch_size):
+    """q(y'|x) = 1/L for ``batch_size`` probe rows."""
+    return as_snr_proposal(UniformProposal(num_labels), torch.arange(batch_size))
 
 
 def _brute_force(W, b, x, y, ids, log_q, log_q_pos, reg):
@@ -74,7 +81,7 @@ def test_deterministic_sampler_has_zero_variance():
 
     res = gradient_snr(W, b, x, y, fixed, 25)
     assert res.total_variance == 0.0 and res.snr == math.inf and res.mean_sq_norm > 0
-    noisy = gradient_snr(W, b, x, y, uniform_proposal(L, B), 25, generator=torch.Generator().manual_seed(0))
+    noisy = gradient_snr(W, b, x, y, _uniform(L, B), 25, generator=torch.Generator().manual_seed(0))
     assert noisy.total_variance > 0 and math.isfinite(noisy.snr)
 
 
@@ -94,7 +101,7 @@ def test_data_distribution_beats_uniform():
 
     res = {}
     for name, prop, log_q in [("data", categorical_proposal(log_p[cluster]), log_p),
-                              ("uniform", uniform_proposal(L, B), torch.full((C, L), -math.log(L)))]:
+                              ("uniform", _uniform(L, B), torch.full((C, L), -math.log(L)))]:
         W, b = model(log_q)
         res[name] = gradient_snr(W, b, x, y, prop, 300, generator=torch.Generator().manual_seed(1))
     assert res["data"].snr > 5 * res["uniform"].snr, res
@@ -110,16 +117,17 @@ def test_tree_proposal_runs_and_validation():
     tree = fit_label_tree(z, *training_pairs(Y), 5)
     W, b = torch.zeros(5, 10), torch.zeros(5)
     x, y = torch.as_tensor(X[:8].toarray()), torch.as_tensor(lab[:8])
-    res = gradient_snr(W, b, x, y, tree_proposal(tree, z[:8]), 20, generator=torch.Generator().manual_seed(0))
+    prop = as_snr_proposal(TreeProposal(AdversarialSampler(tree, pca, X, 1)), torch.arange(8))
+    res = gradient_snr(W, b, x, y, prop, 20, generator=torch.Generator().manual_seed(0))
     assert res.batch_size == 8 and res.num_draws == 20 and res.total_variance > 0
     with pytest.raises(ValueError, match=r"num_draws=1 is out of range: allowed >= 2"):
-        gradient_snr(W, b, x, y, uniform_proposal(5, 8), 1)
+        gradient_snr(W, b, x, y, _uniform(5, 8), 1)
     with pytest.raises(ValueError, match="reg > 0 needs log_q_pos"):
-        gradient_snr(W, b, x, y, uniform_proposal(5, 8), 4, reg=0.1)
+        gradient_snr(W, b, x, y, _uniform(5, 8), 4, reg=0.1)
     with pytest.raises(ValueError, match=r"proposal must return ids and log_q of shape \(S, B\)"):
-        gradient_snr(W, b, x, y, uniform_proposal(5, 7), 4)
+        gradient_snr(W, b, x, y, _uniform(5, 7), 4)
     with pytest.raises(ValueError, match=r"label ids out of range: allowed \[0, 4\]"):
-        gradient_snr(W, b, x, y, uniform_proposal(6, 8), 50, generator=torch.Generator().manual_seed(0))
+        gradient_snr(W, b, x, y, _uniform(6, 8), 50, generator=torch.Generator().manual_seed(0))
 
 
 def test_debiased_params_shift_scores_by_log_q():
@@ -131,14 +139,16 @@ def test_debiased_params_shift_scores_by_log_q():
     b = torch.randn(L, generator=g, dtype=torch.float64)
     x = torch.randn(B, D, generator=g, dtype=torch.float64)
     y = torch.randint(0, L, (B,), generator=g)
-    lq = torch.full((B,), -math.log(L), dtype=torch.float64)
+    # log q = -log L as the proposal gives it (float32, like the draws' log q).
+    log_q = float(UniformProposal(L).log_prob(y, y)[0])
+    lq = torch.full((B,), log_q, dtype=torch.float64)
     for reg in (0.0, 0.2):
-        deb = gradient_snr(W, b, x, y, uniform_proposal(L, B), S, reg=reg, log_q_pos=lq,
+        deb = gradient_snr(W, b, x, y, _uniform(L, B), S, reg=reg, log_q_pos=lq,
                            debiased_params=True, generator=torch.Generator().manual_seed(1))
-        raw = gradient_snr(W, b + math.log(L), x, y, uniform_proposal(L, B), S, reg=reg,
+        raw = gradient_snr(W, b - log_q, x, y, _uniform(L, B), S, reg=reg,
                            log_q_pos=lq, generator=torch.Generator().manual_seed(1))
         # reg acts on xi + log q = s in both: raw xi = s - log q with the shifted bias.
         assert deb.mean_sq_norm == pytest.approx(raw.mean_sq_norm, rel=1e-9)
         assert deb.total_variance == pytest.approx(raw.total_variance, rel=1e-9)
     with pytest.raises(ValueError, match="log_q_pos"):
-        gradient_snr(W, b, x, y, uniform_proposal(L, B), S, debiased_params=True)
+        gradient_snr(W, b, x, y, _uniform(L, B), S, debiased_params=True)

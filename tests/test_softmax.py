@@ -105,6 +105,30 @@ def test_train_step_is_dense_adagrad(toy, method):
         torch.testing.assert_close(tr.b, bd.detach(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", SOFTMAX_METHODS)
+def test_first_label_log_q_is_precomputed_bitwise(toy, method):
+    """train_step reads log q of the rows' first labels from a table built once; it equals
+    the per-batch proposal.log_prob bitwise, for every batch of an epoch."""
+    from xmcviz.trainer import epoch_permutation
+    tr = SoftmaxTrainer(_cfg(sampler=method), dataset=toy)
+    order = tr.train_rows[epoch_permutation(0, 0, tr.train_rows.size)]
+    for B in (32, 7, 1, tr.train_rows.size):
+        for s in range(0, order.size, B):
+            rows = torch.as_tensor(order[s:s + B])
+            assert torch.equal(tr.log_q_first[rows], tr.proposal.log_prob(rows, tr.y_of_row[rows]))
+
+
+def test_sparse_scores_take_the_gathered_labels():
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(7, 11, generator=g), torch.randn(7, generator=g)
+    X = sp.random(5, 11, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    labels = torch.randint(0, 7, (5, 2), generator=g)
+    row = torch.as_tensor(np.repeat(np.arange(5), np.diff(X.indptr)))
+    col, val = torch.as_tensor(X.indices, dtype=torch.int64), torch.as_tensor(X.data)
+    assert torch.equal(sparse_pair_scores(W, b, row, col, val, labels, labels[row]),
+                       sparse_pair_scores(W, b, row, col, val, labels))
+
+
 # ---------------------------------------------------------------------------- bias removal
 def _expected_optimum(p, q, method, reg=0.0, steps=3000):
     """Minimise E_{y~p}[pos loss] + E_{y'~q}[neg loss] over free scores xi_y (Newton-free GD),
@@ -232,8 +256,9 @@ def test_cli(tmp_path, capsys):
 
 def test_snr_comparison(toy):
     """Same probe and seed for every proposal; matches gradient_snr called directly."""
-    from xmcviz.adversarial.snr import snr_comparison
-    from xmcviz.gradient_snr import gradient_snr, uniform_proposal
+    from xmcviz.adversarial.proposals import UniformProposal
+    from xmcviz.adversarial.snr import as_snr_proposal, snr_comparison
+    from xmcviz.gradient_snr import gradient_snr
     tr = SoftmaxTrainer(_cfg(sampler="adversarial"), dataset=toy)
     tr.train()
     recs = {r["sampler"]: r for r in snr_comparison(tr, probe_size=64, num_draws=32)}
@@ -246,7 +271,7 @@ def test_snr_comparison(toy):
     rows = torch.as_tensor(np.sort(tr.train_rows[np.random.default_rng(0).choice(
         tr.train_rows.size, 64, replace=False)]))
     direct = gradient_snr(tr.W, tr.b, torch.as_tensor(toy.X_train[rows.numpy()].toarray()),
-                          tr.y_of_row[rows], uniform_proposal(10, 64), 32,
+                          tr.y_of_row[rows], as_snr_proposal(UniformProposal(10), rows), 32,
                           generator=torch.Generator().manual_seed(0))
     assert recs["uniform"]["total_variance"] == pytest.approx(direct.total_variance, rel=1e-9)
     assert recs["uniform"]["snr"] == pytest.approx(direct.snr, rel=1e-9)

@@ -72,6 +72,33 @@ def test_debiased_topk_streams_blocks(tiny, monkeypatch):
     assert torch.equal(full, ref)
 
 
+@pytest.mark.parametrize("block_rows", [None, 7])
+def test_raw_and_debiased_topk_in_one_pass(tiny, monkeypatch, block_rows):
+    """One embedding per row block gives predict_topk's raw top-k and debiased_topk's, exactly."""
+    import xmcviz.adversarial.bias as bias_mod
+    from xmcviz.adversarial.bias import raw_and_debiased_topk
+    from xmcviz.metrics import predict_topk
+    s = make_sampler("adversarial", num_labels=64, num_negatives=5, dataset=tiny)
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(64, 300, generator=g), torch.randn(64, generator=g)
+    W[5] = W[9]  # tied scores: both paths must break ties as before
+    calls = []
+    def emb(Xb):
+        calls.append(Xb.shape[0])
+        return csr_to_torch(Xb).to_dense()
+    if block_rows is not None:
+        monkeypatch.setattr(bias_mod, "BLOCK_ELEMS", 64 * block_rows)
+    raw, adj = raw_and_debiased_topk(emb, tiny.X_test, W, s.log_pn_all, 5, bias=b, row_batch=30)
+    assert sum(calls) == tiny.X_test.shape[0]  # every row embedded once
+    assert max(calls) == (28 if block_rows else 30)  # whole score blocks of 7 rows
+    E = csr_to_torch(tiny.X_test).to_dense()
+    assert torch.equal(raw, predict_topk(E, W, 5, bias=b, row_batch=30))
+    assert torch.equal(adj, debiased_topk(csr_to_torch, tiny.X_test, W, s.log_pn_all, 5, bias=b,
+                                          row_batch=30))
+    none = raw_and_debiased_topk(emb, tiny.X_test[:0], W, s.log_pn_all, 5)
+    assert [tuple(t.shape) for t in none] == [(0, 5), (0, 5)]
+
+
 def test_resume_with_adversarial_sampler(tiny, tmp_path):
     full = Trainer(_cfg(out=str(tmp_path / "full")), tiny)
     expect = full.train()
@@ -83,6 +110,35 @@ def test_resume_with_adversarial_sampler(tiny, tmp_path):
     assert strip(got) == strip(expect)
     assert [strip(r) for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == \
         [strip(r) for r in read_jsonl(tmp_path / "full" / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_resume_rebuilds_the_sampler_from_the_checkpoint(tiny, tmp_path, monkeypatch, warmup):
+    """Resuming neither refits PCA + tree nor projects X_train twice, and ends where the
+    uninterrupted run ends (also through the warm-up wrapper)."""
+    import xmcviz.samplers.adversarial as adv
+    from xmcviz.adversarial.pca import SparsePCA
+    full = Trainer(_cfg(warmup_epochs=warmup, out=str(tmp_path / "full")), tiny)
+    expect = full.train()
+    cut = Trainer(_cfg(epochs=1, warmup_epochs=warmup, out=str(tmp_path / "cut")), tiny)
+    cut.train()
+
+    def no_fit(*a, **kw):
+        raise AssertionError("resume refitted the adversarial sampler")
+    projections = []
+    transform = SparsePCA.transform_torch
+    monkeypatch.setattr(adv, "fit_adversarial_sampler", no_fit)
+    monkeypatch.setattr(SparsePCA, "transform_torch",
+                        lambda self, X, *a, **kw: projections.append(X.shape[0]) or transform(self, X, *a, **kw))
+    resumed = Trainer(_cfg(warmup_epochs=warmup, out=str(tmp_path / "cut"), resume=True), tiny)
+    assert projections == [tiny.X_train.shape[0]]  # z of the training rows, once
+    got = resumed.train()
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}  # noqa: E731
+    assert strip(got) == strip(expect)
+    assert torch.equal(resumed.model.W, full.model.W)
+    inner = lambda t: getattr(t.sampler, "inner", t.sampler)  # noqa: E731
+    assert inner(resumed).fit_info == inner(cut).fit_info  # the checkpointed fit's
+    assert torch.equal(inner(resumed).z_train, inner(full).z_train)
 
 
 def test_cli_adversarial(tmp_path, capsys):

@@ -36,8 +36,10 @@ import torch
 from .validation import check_float, check_int
 
 #: ``proposal(num_draws, generator) -> (ids int64 [S, B], log_q [S, B])``: one
-#: negative per probe row per draw, with its log-probability under q.
-Proposal = Callable[[int, "torch.Generator | None"], "tuple[torch.Tensor, torch.Tensor]"]
+#: negative per probe row per draw, with its log-probability under q (a
+#: :class:`xmcviz.adversarial.proposals.Proposal` becomes one through
+#: :func:`xmcviz.adversarial.snr.as_snr_proposal`).
+DrawFn = Callable[[int, "torch.Generator | None"], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 @dataclass
@@ -77,14 +79,14 @@ def _sq_norm(labels: torch.Tensor, rows: torch.Tensor, coef: torch.Tensor, K: to
 
 
 def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
-                 proposal: Proposal, num_draws: int, *, reg: float = 0.0,
+                 proposal: DrawFn, num_draws: int, *, reg: float = 0.0,
                  log_q_pos: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  memory_elems: int = 1 << 23, debiased_params: bool = False) -> GradientSNR:
     """Estimate the gradient SNR of the negative-sampling loss on a probe batch.
 
     ``W`` [L, D], ``b`` [L] or None (no bias parameters); ``x`` [B, D] dense
     probe inputs; ``y`` int64 [B] one positive label per row; ``proposal``
-    draws the negatives (see :data:`Proposal`); ``num_draws`` = S >= 2.
+    draws the negatives (see :data:`DrawFn`); ``num_draws`` = S >= 2.
     ``reg`` is the regulariser weight lambda of SPEC section 4; when > 0 the
     positives' ``log_q_pos`` [B] = log q(y_i|x_i) is required.  Computed in
     float64; ``memory_elems`` bounds the temporary blocks.
@@ -166,18 +168,7 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
 
 
 # -- proposals ---------------------------------------------------------------
-def uniform_proposal(num_labels: int, batch_size: int, *, device: torch.device | str = "cpu") -> Proposal:
-    """q(y'|x) = 1/L."""
-    L = check_int("num_labels", num_labels, 1)
-    B = check_int("batch_size", batch_size, 1)
-
-    def draw(S: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.randint(0, L, (S, B), generator=generator, device=device)
-        return ids, torch.full((S, B), -math.log(L), dtype=torch.float64, device=device)
-    return draw
-
-
-def categorical_proposal(log_probs: torch.Tensor) -> Proposal:
+def categorical_proposal(log_probs: torch.Tensor) -> DrawFn:
     """q(y'|x_i) = softmax(log_probs[i]) for a [B, L] table (data distribution, frequency, ...)."""
     if log_probs.ndim != 2:
         raise ValueError(f"log_probs must be [B, L], got shape {tuple(log_probs.shape)}")
@@ -189,12 +180,3 @@ def categorical_proposal(log_probs: torch.Tensor) -> Proposal:
         return ids, logp.gather(1, ids.T).T
     return draw
 
-
-def tree_proposal(tree, z: torch.Tensor) -> Proposal:
-    """q = the adversarial sampler's tree p_n(.|x) (``tree``: a fitted
-    :class:`xmcviz.adversarial.LabelTree`, ``z`` [B, k] the probe's PCA projections)."""
-
-    def draw(S: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lp = tree.sample(z, S, generator=generator)
-        return ids.T.contiguous(), lp.T.to(torch.float64)
-    return draw

@@ -139,10 +139,12 @@ def pair_loss(xi: torch.Tensor, log_q: torch.Tensor, method: str, reg: float = 0
 
 
 def sparse_pair_scores(W: torch.Tensor, b: torch.Tensor, nnz_row: torch.Tensor, nnz_col: torch.Tensor,
-                       nnz_val: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                       nnz_val: torch.Tensor, labels: torch.Tensor,
+                       lab: torch.Tensor | None = None) -> torch.Tensor:
     """``xi[i, j] = x_i . W[labels[i, j]] + b[labels[i, j]]`` from the non-zeros of the batch
-    (COO: ``nnz_row``, ``nnz_col``, ``nnz_val``), [B, J]; O(nnz J), never densifies x."""
-    lab = labels[nnz_row]                                           # [nnz, J]
+    (COO: ``nnz_row``, ``nnz_col``, ``nnz_val``), [B, J]; O(nnz J), never densifies x.
+    ``lab``: ``labels[nnz_row]`` when the caller already has it."""
+    lab = labels[nnz_row] if lab is None else lab                   # [nnz, J]
     contrib = W[lab, nnz_col[:, None]] * nnz_val[:, None]
     return torch.zeros(labels.shape, dtype=W.dtype, device=W.device).index_add_(0, nnz_row, contrib) + b[labels]
 
@@ -236,6 +238,8 @@ class SoftmaxTrainer:
 
         self.fit_s = 0.0
         self.proposal = self._build_proposal()
+        # log q of each training row's (fixed) first label, once: train_step indexes it.
+        self.log_q_first = self._first_label_log_q()
         L, D = self.num_labels, self.num_features
         self.W = torch.zeros((L, D), dtype=torch.float32, device=self.device)
         self.b = torch.zeros(L, dtype=torch.float32, device=self.device)
@@ -266,6 +270,15 @@ class SoftmaxTrainer:
         self.fit_s = time.perf_counter() - t0
         return TreeProposal(s)
 
+    def _first_label_log_q(self, chunk: int = 65536) -> torch.Tensor:
+        """float32 [N]: log q(first label | row) of every labelled training row (0 elsewhere)."""
+        out = torch.zeros(self.X_train.shape[0], dtype=torch.float32, device=self.device)
+        rows = torch.as_tensor(self.train_rows, dtype=torch.int64, device=self.device)
+        for s in range(0, rows.shape[0], chunk):
+            r = rows[s:s + chunk]
+            out[r] = self.proposal.log_prob(r, self.y_of_row[r]).float()
+        return out
+
     def subscribe(self, callback: Callable[[dict], None]) -> None:
         """Call ``callback(record)`` after every evaluation."""
         self._callbacks.append(callback)
@@ -286,11 +299,11 @@ class SoftmaxTrainer:
         y = self.y_of_row[rows_t]
         neg, lq_neg = self.proposal.sample(rows_t, self.generator)
         labels = torch.stack([y, neg], 1)
-        log_q = torch.stack([self.proposal.log_prob(rows_t, y), lq_neg.float()], 1)
-        xi = sparse_pair_scores(self.W, self.b, nnz_row, nnz_col, nnz_val, labels)
+        log_q = torch.stack([self.log_q_first[rows_t], lq_neg.float()], 1)
+        lab = labels[nnz_row]                                               # [nnz, 2]
+        xi = sparse_pair_scores(self.W, self.b, nnz_row, nnz_col, nnz_val, labels, lab)
         loss, dxi = pair_loss(xi, log_q, c.sampler, c.reg)
         dxi = dxi / len(rows)  # the mean loss of the batch
-        lab = labels[nnz_row]                                               # [nnz, 2]
         keys = (lab * self.num_features + nnz_col[:, None]).reshape(-1)
         grads = (dxi[nnz_row] * nnz_val[:, None]).reshape(-1)
         _adagrad_(self.W, self.W_acc, keys, grads, c.lr)

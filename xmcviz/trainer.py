@@ -303,7 +303,20 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizers = self._build_optimizers()
 
-        self.sampler = sampler if sampler is not None else self._build_sampler()
+        # The run directory and the checkpoint before the sampler: a wrong out fails before any
+        # work, and a resumed run rebuilds a fitted sampler (adversarial: PCA + tree) from the
+        # checkpoint instead of refitting it (_load_checkpoint restores every state below).
+        self.run_dir = RunDir(config.out) if config.out is not None else None
+        checkpoint = None
+        if self.run_dir is not None:
+            self.run_dir.check_free(config.resume, config.overwrite)
+            if config.resume and self.run_dir.has_checkpoint():
+                checkpoint = load_checkpoint(self.run_dir.checkpoint_path)
+                self._check_same_settings(checkpoint)
+        elif config.resume:
+            raise ValueError("resume=True needs out= (the run directory to resume)")
+        self.sampler = sampler if sampler is not None else self._build_sampler(
+            state=None if checkpoint is None else checkpoint["sampler"])
         if self.sampler.num_labels != self.num_labels:
             raise ValueError(f"sampler has num_labels={self.sampler.num_labels}: expected "
                              f"{self.num_labels}")
@@ -330,15 +343,10 @@ class Trainer:
         self._started = False
         self._metrics_writer: JsonlWriter | None = None
 
-        self.run_dir = RunDir(config.out) if config.out is not None else None
-        if self.run_dir is not None:
-            self.run_dir.check_free(config.resume, config.overwrite)
-            if config.resume:
-                self.resume_step = 0
-                if self.run_dir.has_checkpoint():
-                    self._load_checkpoint(load_checkpoint(self.run_dir.checkpoint_path))
-        elif config.resume:
-            raise ValueError("resume=True needs out= (the run directory to resume)")
+        if self.run_dir is not None and config.resume:
+            self.resume_step = 0
+            if checkpoint is not None:
+                self._load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------ construction
     def _seed_global_rng(self) -> None:
@@ -371,7 +379,8 @@ class Trainer:
             opts.append(torch.optim.Adam(dense, lr=lr))
         return opts
 
-    def _build_sampler(self) -> NegativeSampler:
+    def _build_sampler(self, state: dict | None = None) -> NegativeSampler:
+        """The configured sampler; ``state``: a checkpoint's sampler state (no refit)."""
         from .samplers import make_sampler
         c = self.config
         R = c.negatives if c.sampler != "full" else self.num_labels - 1
@@ -380,7 +389,7 @@ class Trainer:
                             nprobe=c.nprobe, refresh_every=c.refresh_every,
                             refreshes_per_epoch=c.refreshes_per_epoch,
                             warmup_epochs=c.warmup_epochs, seed=c.seed,
-                            dataset=self.dataset, device=self.device)
+                            dataset=self.dataset, device=self.device, state=state)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -404,13 +413,17 @@ class Trainer:
             "metrics": list(self.history),
         }
 
-    def _load_checkpoint(self, ck: dict) -> None:
+    def _check_same_settings(self, ck: dict) -> None:
+        """Refuse to resume a checkpoint whose run had other settings (run control aside)."""
         old = ck.get("config", {})
         mine = self.config.to_dict()
         diff = sorted(k for k in mine if k not in _RUN_CONTROL and k in old and old[k] != mine[k])
         if diff:
             desc = ", ".join(f"{k}={mine[k]!r} (checkpoint: {old[k]!r})" for k in diff)
             raise ValueError(f"resume: settings differ from the checkpointed run: {desc}")
+
+    def _load_checkpoint(self, ck: dict) -> None:
+        """Restore everything from a checkpoint already checked by :meth:`_check_same_settings`."""
         self.model.load_state_dict(ck["model"])
         for opt, st in zip(self.optimizers, ck["optimizers"], strict=True):
             opt.load_state_dict(st)
@@ -439,7 +452,7 @@ class Trainer:
         ``score + log p_n(y|x)`` (bias removal, one [rows, L] block at a time) and the same
         metrics of the plain scores are added with a ``_raw`` suffix (e.g. ``P@1_raw``).
         """
-        from .adversarial.bias import debiased_topk, find_log_pn_all
+        from .adversarial.bias import find_log_pn_all, raw_and_debiased_topk
         from .metrics import evaluate, predict_topk
         ds, c = self.dataset, self.config
         was_training = self.model.training
@@ -450,19 +463,20 @@ class Trainer:
         rows = max(1, min(c.eval_batch_size, (1 << 25) // max(dim, 1)))
         kmax = max(c.eval_ks)
 
-        def embeddings():
-            for s in range(0, X.shape[0], rows):
-                yield self.model.embed(csr_to_torch(X[s:s + rows], self.device))
+        def embed(Xb: sp.csr_matrix) -> torch.Tensor:
+            return self.model.embed(csr_to_torch(Xb, self.device))
 
         try:
             W = self.model.W.detach()
             bias = self.model.bias.detach() if getattr(self.model, "bias", None) is not None \
                 else None
-            topk = predict_topk(embeddings(), W, kmax, bias=bias, row_batch=rows)
             log_pn_all = find_log_pn_all(self.sampler)
-            if log_pn_all is not None:
-                topk_adj = debiased_topk(lambda Xb: self.model.embed(csr_to_torch(Xb, self.device)),
-                                         X, W, log_pn_all, kmax, bias=bias, row_batch=rows)
+            if log_pn_all is None:
+                topk = predict_topk((embed(X[s:s + rows]) for s in range(0, X.shape[0], rows)),
+                                    W, kmax, bias=bias, row_batch=rows)
+            else:  # one pass: each block embedded once for the plain and the debiased top-k
+                topk, topk_adj = raw_and_debiased_topk(embed, X, W, log_pn_all, kmax, bias=bias,
+                                                       row_batch=rows)
         finally:
             self.model.train(was_training)
         raw = evaluate(topk, ds.Y_test, ks=tuple(c.eval_ks), inv_propensity=self.inv_propensity)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..gradient_snr import gradient_snr
+from ..gradient_snr import DrawFn, gradient_snr
 from ..validation import check_int
 from .proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
 
 
-def _as_snr_proposal(prop: Proposal, rows: torch.Tensor):
-    """Adapt a :class:`Proposal` to gradient_snr's ``draw(S, generator) -> ([S, B], [S, B])``."""
+def as_snr_proposal(prop: Proposal, rows: torch.Tensor) -> DrawFn:
+    """Adapt a :class:`Proposal` on the training rows ``rows`` [B] to gradient_snr's
+    ``draw(S, generator) -> (ids [S, B], log_q float64 [S, B])`` (:data:`~xmcviz.gradient_snr.DrawFn`)."""
     def draw(S: int, generator: torch.Generator | None = None):
         ids, lq = prop.sample(rows.repeat(S), generator)  # row-major: draw s holds rows[s*B:(s+1)*B]
         B = rows.shape[0]
@@ -58,7 +59,7 @@ def snr_comparison(trainer, *, W: torch.Tensor | None = None, b: torch.Tensor | 
     for name, prop in proposals.items():
         reg = float(trainer.config.reg) if name == "adversarial" else 0.0
         lq_pos = prop.log_prob(rows, y).double() if reg > 0 or debiased_params else None
-        res = gradient_snr(W, b, x, y, _as_snr_proposal(prop, rows), num_draws, reg=reg,
+        res = gradient_snr(W, b, x, y, as_snr_proposal(prop, rows), num_draws, reg=reg,
                            log_q_pos=lq_pos, debiased_params=debiased_params,
                            generator=torch.Generator(device=trainer.device).manual_seed(seed))
         out.append({"sampler": name, "reg": reg, "debiased_params": debiased_params, **res.as_dict()})

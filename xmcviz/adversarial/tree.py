@@ -231,6 +231,12 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...i,...i->...", a, b)
 
 
+def _ranges(starts: torch.Tensor, counts: torch.Tensor, total: int) -> torch.Tensor:
+    """The concatenated ranges ``starts[i] .. starts[i] + counts[i] - 1`` (``total`` = sum of counts)."""
+    offset = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts, output_size=total)
+    return torch.arange(total, device=starts.device) + offset
+
+
 def _segment_gram(out: torch.Tensor, node: torch.Tensor, X: torch.Tensor,
                   weight: torch.Tensor | None = None, *, chunk: int = 65536) -> None:
     """out[v] += sum_{i: node[i] = v} weight[i] X[i] X[i]^T (out [M, m, m], ``node`` sorted).
@@ -263,7 +269,8 @@ def _segment_gram(out: torch.Tensor, node: torch.Tensor, X: torch.Tensor,
         dest = (blk0[seg_id] + rank // block) * block + rank % block
         nb = int(seg_blocks.sum())
         A = x.new_zeros((nb * block, m)).index_copy_(0, dest, x).view(nb, block, m)
-        Aw = x.new_zeros((nb * block, m)).index_copy_(0, dest, xw).view(nb, block, m)
+        Aw = A if weight is None else (  # unweighted: xw is x, one padded copy serves both
+            x.new_zeros((nb * block, m)).index_copy_(0, dest, xw).view(nb, block, m))
         gram = torch.bmm(Aw.transpose(1, 2), A).reshape(nb, m * m)
         flat.index_add_(0, torch.repeat_interleave(idx[seg_start], seg_blocks), gram)
 
@@ -537,8 +544,7 @@ def _fit_nodes(zt: torch.Tensor, Sa: torch.Tensor, lnode: torch.Tensor, nstart: 
         first = int(ptr[ids[0]])
         if int(ptr[ids[-1] + 1]) - first == total:
             return slice(first, first + total)
-        offset = torch.repeat_interleave(ptr[ids] - (torch.cumsum(cnt, 0) - cnt), cnt, output_size=total)
-        return torch.arange(total, device=dev) + offset
+        return _ranges(ptr[ids], cnt, total)
 
     def resplit(active: torch.Tensor) -> torch.Tensor:
         # Sort each active node's labels by Delta ascending (stable: ties keep their
@@ -549,8 +555,7 @@ def _fit_nodes(zt: torch.Tensor, Sa: torch.Tensor, lnode: torch.Tensor, nstart: 
         ids = active.nonzero().squeeze(1)
         cnt = n[ids]
         total = int(cnt.sum())
-        pos = torch.arange(total, device=dev) + torch.repeat_interleave(
-            nstart[ids] - (torch.cumsum(cnt, 0) - cnt), cnt, output_size=total)
+        pos = _ranges(nstart[ids], cnt, total)
         sub, sub_node = order[pos], lnode[pos]
         o1 = torch.argsort(_rowdot(Sa[sub], theta[sub_node]), stable=True)
         sub = sub[o1[torch.argsort(sub_node[o1], stable=True)]]

@@ -42,6 +42,7 @@ class SamplerConfig:
     seed: int = 0
     dataset: Any = None  # the training data (X_train, Y_train), for samplers fitted on it
     device: Any = "cpu"
+    state: dict | None = None  # a checkpointed state_dict: fitted samplers are rebuilt from it
 
 
 def _mips(cfg: SamplerConfig, k: int) -> MipsSampler:
@@ -59,7 +60,10 @@ def _frequency(cfg: SamplerConfig) -> FrequencySampler:
 def _adversarial(cfg: SamplerConfig) -> NegativeSampler:
     if cfg.dataset is None:
         raise ValueError("sampler 'adversarial' needs dataset= (its X_train, Y_train fit the tree p_n)")
-    from .adversarial import fit_adversarial_sampler  # fits PCA + label tree on the training data
+    from .adversarial import AdversarialSampler, fit_adversarial_sampler
+    if cfg.state is not None:  # resuming: the checkpoint's PCA + tree, no refit
+        return AdversarialSampler.from_state_dict(cfg.state, cfg.dataset.X_train, device=cfg.device)
+    # Fits PCA + label tree on the training data.
     return fit_adversarial_sampler(cfg.dataset.X_train, cfg.dataset.Y_train, cfg.num_negatives,
                                    seed=cfg.seed, device=cfg.device)
 
@@ -92,7 +96,7 @@ def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=N
                  mips_k: int | None = None, clusters: int | None = None, nprobe: int | None = None,
                  refresh_every: int | None = None, refreshes_per_epoch: int | None = None,
                  warmup_epochs: int = 0, seed: int = 0, dataset=None,
-                 device="cpu") -> NegativeSampler:
+                 device="cpu", state: dict | None = None) -> NegativeSampler:
     """Build the sampler ``name`` (one of :data:`SAMPLER_NAMES`).
 
     ``mips_k``: k for ``mips-s`` and ``top-uniform`` (default 5, in [1, R]);
@@ -105,6 +109,9 @@ def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=N
     k-means of the MIPS index; sampling randomness comes from the generator
     passed to ``sample``.  ``dataset`` (with ``X_train``, ``Y_train``) and ``device`` are for
     samplers fitted on the training data (``adversarial``: PCA + label tree, seeded by ``seed``).
+    ``state``: the ``state_dict()`` of a sampler built with the same settings (a checkpoint's);
+    samplers fitted on the training data are rebuilt from it instead of refitted, the others
+    ignore it (their ``load_state_dict`` restores them).
     Settings a sampler has no use for are ignored.
     """
     if name not in SAMPLER_FACTORIES:
@@ -113,9 +120,11 @@ def make_sampler(name: str, *, num_labels: int, num_negatives: int, label_freq=N
     if name != "full":  # the full loss has no R
         check_int("num_negatives", num_negatives, 1, L - 1)
     warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+    if state is not None and warmup_epochs > 0:
+        state = state["inner"]  # WarmupSampler.state_dict nests the wrapped sampler's
     cfg = SamplerConfig(L, int(num_negatives), label_freq, mips_k, clusters, nprobe,
                         refresh_every, refreshes_per_epoch, check_int("seed", seed, 0),
-                        dataset, device)
+                        dataset, device, state)
     sampler = SAMPLER_FACTORIES[name](cfg)
     sampler.name = name
     if warmup_epochs > 0:

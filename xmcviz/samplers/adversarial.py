@@ -23,6 +23,7 @@ from ..adversarial.pca import SparsePCA
 from ..adversarial.tree import PAIRS, LabelTree, fit_label_tree, training_pairs
 from ..validation import check_choice, check_float, check_int
 from .base import SOURCE_ADVERSARIAL, NegativeSampler, Negatives, Positives
+from .ops import first_occurrence, positives_on
 
 
 class AdversarialSampler(NegativeSampler):
@@ -86,9 +87,9 @@ class AdversarialSampler(NegativeSampler):
         if rows.shape[0] != B:
             raise ValueError(f"rows has {rows.shape[0]} entries but the batch has {B} rows")
         ids, log_q = self.tree.sample(self.z_train[rows], self.num_negatives, generator=generator)
-        pos_ids, pos_mask = positives.ids.to(self.device), positives.mask.to(self.device)
-        is_pos = ((ids[:, :, None] == pos_ids[:, None, :]) & pos_mask[:, None, :]).any(2)
-        mask = ~is_pos & ~_repeats(ids)
+        pos = positives_on(positives, self.device)
+        is_pos = ((ids[:, :, None] == pos.ids[:, None, :]) & pos.mask[:, None, :]).any(2)
+        mask = first_occurrence(ids, ~is_pos)
         source = torch.full(ids.shape, SOURCE_ADVERSARIAL, dtype=torch.uint8, device=self.device)
         return Negatives(ids, mask, source, log_q)
 
@@ -128,7 +129,9 @@ class AdversarialSampler(NegativeSampler):
                 "num_negatives": self.num_negatives, "fit_info": self.fit_info}
 
     def load_state_dict(self, state: dict) -> None:
-        """Replace tree and PCA with the checkpoint's; the training projections are recomputed."""
+        """Replace tree and PCA with the checkpoint's; the training projections are recomputed
+        unless the checkpoint's PCA is the one the sampler already has (e.g. a sampler built
+        by :meth:`from_state_dict` from the same checkpoint)."""
         super().load_state_dict(state)
         tree = LabelTree.from_state_dict(state["tree"], self.device)
         pca = SparsePCA.from_state_dict(state["pca"])
@@ -137,8 +140,9 @@ class AdversarialSampler(NegativeSampler):
         if pca.num_features != self.X_train.shape[1]:
             raise ValueError(f"checkpoint PCA expects {pca.num_features} features, X_train has "
                              f"{self.X_train.shape[1]}")
+        if not _same_projection(pca, self.pca):  # z depends on the PCA and X_train only
+            self.z_train = pca.transform_torch(self.X_train, self.device)
         self.tree, self.pca = tree, pca
-        self.z_train = pca.transform_torch(self.X_train, self.device)
         self.fit_info = dict(state.get("fit_info", {}))
 
     @classmethod
@@ -151,12 +155,10 @@ class AdversarialSampler(NegativeSampler):
         return s
 
 
-def _repeats(ids: torch.Tensor) -> torch.Tensor:
-    """bool [B, R]: True where ids[b, r] equals an earlier entry of row b."""
-    srt, order = torch.sort(ids, dim=1, stable=True)  # stable: the earliest copy comes first
-    dup = torch.zeros_like(ids, dtype=torch.bool)
-    dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
-    return torch.zeros_like(dup).scatter_(1, order, dup)
+def _same_projection(a: SparsePCA, b: SparsePCA) -> bool:
+    """Whether two PCAs project every input to the same z (same components and offset)."""
+    return (a.components.shape == b.components.shape and np.array_equal(a.components, b.components)
+            and np.array_equal(a.offset, b.offset))
 
 
 def fit_adversarial_sampler(X_train: sp.spmatrix | np.ndarray, Y_train: sp.spmatrix, num_negatives: int, *,
