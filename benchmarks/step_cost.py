@@ -8,7 +8,8 @@ What is timed (all in one process, medians of repeated rounds, the configuration
 interleaved and their order rotated from round to round, warm-up rounds excluded):
 
 * ``step``: ``Trainer._train_step`` (batch slicing, embedding, sampling, loss, backward, both
-  optimisers) for each sampler at each L; the index refresh is not in it (timed apart).
+  optimisers) for each sampler at each L; the index refresh is not in it (timed apart).  Each
+  timed step follows ``--settle`` untimed steps of the same trainer, as in training.
 * ``search``: for MIPS-a / MIPS-s, the raw faiss ``search`` the step makes, on the same
   queries, right after the step (target: MIPS-s step <= 1.25x its search).
 * ``assembly``: MIPS candidate assembly from the search results, our batched
@@ -18,8 +19,9 @@ interleaved and their order rotated from round to round, warm-up rounds excluded
   centroids, after W has trained), per L.
 * ``uniform-scaling``: the uniform step at every L, interleaved across L, with a phase
   breakdown and the bare memory operations a row-sparse step cannot avoid (gather the
-  B (P + R) scored rows; gather and write back the U touched rows of W and of both Adam
-  moments), at the same sizes (target: L = 1M step <= 1.5x the L = 4K step).
+  B (P + R) scored rows; one pass reading and writing the U touched rows of W and
+  of both Adam moments, no arithmetic; torch's five passes over them for comparison), at the
+  same sizes (target: L = 1M step <= 1.5x the L = 4K step).
 
 Wall-clock (``ms_per_step``) and process CPU time (``cpu_ms_per_step``) are both recorded: on
 a shared machine CPU time is less affected by other processes (it still sees their cache and
@@ -167,6 +169,15 @@ def loop_assemble(cand: np.ndarray, positives: list[list[int]], k: int, num_nega
     return out
 
 
+def resettle(t: Trainer, X, Y, rnd: int, a) -> None:
+    """``a.settle`` untimed steps of ``t`` before its timed one.  In training, steps follow
+    each other; here a configuration's turn comes after other configurations' steps (at 1M,
+    1.5 GB of other matrices, and top-uniform sweeps all of W), which leave none of its
+    data in the caches.  The untimed steps put it back in the state a training run is in."""
+    for j in range(a.settle):
+        t._train_step(X, Y, batch_rows(20_000 + 7 * rnd + j, X.shape[0]))
+
+
 # --------------------------------------------------------------------------- phases
 def step_phases(t: Trainer, X, Y, rows) -> dict:
     """The trainer's step cut into phases (the same calls as ``Trainer._train_step``, no hooks)."""
@@ -201,21 +212,54 @@ def step_phases(t: Trainer, X, Y, rows) -> dict:
     return T
 
 
+def _touch_rows_kernel():
+    """A numba pass that reads and writes each of the U rows of W, m and v once, with no
+    arithmetic: the memory floor of the fused row-sparse Adam step.  None without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(boundscheck=False)
+    def touch(w, m, v, ids, z):
+        n, d = ids.shape[0], w.shape[1]
+        for r in range(n):
+            i = ids[r]
+            for j in range(d):  # z = 0 at run time: loads and stores the compiler must keep
+                w[i, j] += z
+                m[i, j] += z
+                v[i, j] += z
+
+    return touch
+
+
+_TOUCH = None
+
+
 def bare_memory(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
                 uniq: torch.Tensor, clk: Clock) -> dict:
-    """The scattered row accesses a row-sparse step cannot avoid, alone."""
+    """The scattered row accesses a row-sparse step cannot avoid, alone: gather the scored
+    rows (forward), then one pass reading and writing the U touched rows of W, m, v (the
+    floor of the label update; torch's five passes for comparison)."""
+    global _TOUCH
     T = {}
     with clk:
         W.index_select(0, ids)
     T["gather scored rows"] = clk.cpu
+    if W.device.type == "cpu":
+        if _TOUCH is None:
+            _TOUCH = _touch_rows_kernel() or False
+        if _TOUCH:
+            args = (W.numpy(), m.numpy(), v.numpy(), uniq.numpy(), np.float32(0.0))
+            with clk:
+                _TOUCH(*args)
+            T["one pass over U rows of W, m, v"] = clk.cpu
     with clk:
         mU, vU, wU = m.index_select(0, uniq), v.index_select(0, uniq), W.index_select(0, uniq)
-    T["gather U rows of W, m, v"] = clk.cpu
-    with clk:
         m.index_copy_(0, uniq, mU)
         v.index_copy_(0, uniq, vU)
         W.index_add_(0, uniq, wU, alpha=0.0)
-    T["write U rows of m, v; add to W"] = clk.cpu
+    T["(torch: 5 passes over U rows)"] = clk.cpu
     return T
 
 
@@ -226,6 +270,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--samplers", default=",".join(ALL_SAMPLERS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=15, help="timed rounds per configuration")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed steps of a configuration right before each timed one")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     p.add_argument("--nprobe", type=int, default=None,
@@ -332,6 +378,7 @@ def bench_labels(L: int, a, device, out, uniform_trainers: dict) -> list[dict]:
         order = names[rnd % len(names):] + names[:rnd % len(names)]
         for s in order:
             t = trainers[s]
+            resettle(t, X, Y, rnd, a)
             with clk:
                 t._train_step(X, Y, rows)
             if rnd < a.warmup:
@@ -408,16 +455,21 @@ def bench_uniform_scaling(uniform_trainers: dict, a, device, out) -> list[dict]:
     # Buffers for the bare-memory reference: a W-sized matrix and two moment-sized ones.
     mats = {L: tuple(torch.randn(L, DIM, device=device) for _ in range(3)) for L in Ls}
     gen = torch.Generator(device=device).manual_seed(1)
+    # Whole steps first, with nothing else between them: a step timed right after the bare
+    # sweeps below would start with the caches full of those buffers, which training never does.
     for rnd in range(a.warmup + 2 * a.steps):
-        order = Ls[rnd % len(Ls):] + Ls[:rnd % len(Ls)]
-        for L in order:
+        for L in Ls[rnd % len(Ls):] + Ls[:rnd % len(Ls)]:
             t, X, Y = uniform_trainers[L]
-            rows = batch_rows(1000 + rnd, X.shape[0])
+            resettle(t, X, Y, rnd, a)
             with clk:
-                t._train_step(X, Y, rows)
+                t._train_step(X, Y, batch_rows(1000 + rnd, X.shape[0]))
             if rnd >= a.warmup:
                 steps[L][0].append(clk.wall)
                 steps[L][1].append(clk.cpu)
+    for rnd in range(a.warmup + 2 * a.steps):
+        for L in Ls[rnd % len(Ls):] + Ls[:rnd % len(Ls)]:
+            t, X, Y = uniform_trainers[L]
+            t._train_step(X, Y, batch_rows(3000 + rnd, X.shape[0]))  # phases follow a step
             ph = step_phases(t, X, Y, batch_rows(5000 + rnd, X.shape[0]))
             ids = torch.randint(0, L, (B * (R + POSITIVES),), generator=gen, device=device)
             uniq = torch.unique(ids)
@@ -436,7 +488,8 @@ def bench_uniform_scaling(uniform_trainers: dict, a, device, out) -> list[dict]:
             "ratio_to_smallest": med(steps[L][0]) / med(steps[base][0]),
             "cpu_ratio_to_smallest": med(steps[L][1]) / med(steps[base][1]),
             "phases_cpu_ms": ph, "bare_memory_cpu_ms": bm,
-            "bare_memory_total_cpu_ms": sum(bm.values()), "steps": 2 * a.steps}))
+            "bare_memory_total_cpu_ms": sum(v for k, v in bm.items() if not k.startswith("(")),
+            "steps": 2 * a.steps}))
     return recs
 
 
@@ -458,7 +511,10 @@ def write_markdown(recs: list[dict], a) -> None:
              f"positives per row (power-law prior); mlp model d = {DIM}; B = {B}, R = {R}, "
              f"k = {K_MIX} (MIPS-s, top-uniform); K = sqrt(L), tau = {a.nprobe or 16}.  Medians over "
              f"{a.steps} timed rounds after {a.warmup} warm-up rounds; the samplers of one L are "
-             f"interleaved within each round (order rotated).  Wall-clock ms, CPU ms in "
+             f"interleaved within each round (order rotated), and each timed step follows "
+             f"{a.settle} untimed step(s) of the same configuration (as steps follow each "
+             f"other in training; without them a step starts with the caches full of another "
+             f"configuration's matrices).  Wall-clock ms, CPU ms in "
              f"parentheses (CPU time is less affected by other jobs on a shared "
              f"machine).  The index refresh is not part of a step.", "",
              "## ms per step", "",
@@ -531,7 +587,7 @@ def write_markdown(recs: list[dict], a) -> None:
         for k in bkeys:
             lines.append(f"| bare: {k} | " + " | ".join(
                 _fmt(r["bare_memory_cpu_ms"][k], 2) for r in sc) + " |")
-        lines.append("| bare total (ratio) | " + " | ".join(
+        lines.append("| bare total, torch row aside (ratio) | " + " | ".join(
             f"{_fmt(r['bare_memory_total_cpu_ms'], 2)} "
             f"({_fmt(r['bare_memory_total_cpu_ms'] / sc[0]['bare_memory_total_cpu_ms'], 1)}x)"
             for r in sc) + " |")

@@ -1,11 +1,34 @@
 """RowSparseAdam (xmcviz.optim) against torch.optim.SparseAdam, and the model's row gradient."""
 import copy
+import importlib.util
+import sys
+import warnings
 
 import pytest
 import torch
 
+import xmcviz.optim
+import xmcviz.optim_cpu
 from xmcviz.models import build_model
 from xmcviz.optim import RowSparseAdam, coalesce_rows
+from xmcviz.optim_cpu import fused_available
+
+numba_missing = importlib.util.find_spec("numba") is None
+
+
+@pytest.fixture(params=["fused", "torch"])
+def adam_path(request, monkeypatch):
+    """Run a test on both step paths: the numba kernel (CPU default) and torch's ops."""
+    if request.param == "fused" and numba_missing:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1" if request.param == "fused" else "0")
+    calls = []
+    real = xmcviz.optim.fused_adam_rows
+    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
+                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    yield calls
+    # The path under test is the one that ran.
+    assert bool(calls) == (request.param == "fused")
 
 
 def _sparse(ids, vals, shape):
@@ -25,7 +48,7 @@ def test_coalesce_rows_sums_duplicates_and_sorts():
 
 
 @pytest.mark.parametrize("coalesced", [False, True])
-def test_matches_sparse_adam_with_duplicate_rows(coalesced):
+def test_matches_sparse_adam_with_duplicate_rows(coalesced, adam_path):
     torch.manual_seed(0)
     L, d = 40, 5
     Wa = torch.nn.Parameter(torch.randn(L, d))
@@ -62,6 +85,45 @@ def test_matches_sparse_adam_with_duplicate_rows(coalesced):
     torch.testing.assert_close(Wb, Wa)
 
 
+def test_fused_path_only_for_contiguous_cpu_float32(monkeypatch):
+    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1")
+    a = torch.zeros(6, 4)
+    assert fused_available(a, a) is not numba_missing
+    assert not fused_available(a, a.double())
+    assert not fused_available(a, a.T)
+    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "0")
+    assert not fused_available(a, a)
+
+
+def test_float64_parameters_take_the_torch_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows", lambda *a, **k: calls.append(1))
+    W = torch.nn.Parameter(torch.zeros(5, 3, dtype=torch.float64))
+    W.grad = _sparse(torch.tensor([1, 3]), torch.ones(2, 3, dtype=torch.float64), (5, 3))
+    RowSparseAdam([W], lr=0.1).step()
+    assert not calls and W[1].lt(0).all() and W[0].eq(0).all()
+
+
+def test_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1")
+    monkeypatch.setitem(sys.modules, "xmcviz._optim_numba", None)  # import fails
+    xmcviz.optim_cpu._kernel.cache_clear()
+    try:
+        if numba_missing:
+            assert not fused_available(torch.zeros(2, 2))
+            return
+        with pytest.warns(RuntimeWarning, match="fused CPU Adam kernel is unavailable"):
+            assert not fused_available(torch.zeros(2, 2))
+        W = torch.nn.Parameter(torch.zeros(5, 3))
+        W.grad = _sparse(torch.tensor([1, 3]), torch.ones(2, 3), (5, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once only
+            RowSparseAdam([W], lr=0.1).step()  # the torch path
+        assert W[1].lt(0).all() and W[0].eq(0).all()
+    finally:
+        xmcviz.optim_cpu._kernel.cache_clear()
+
+
 def test_refuses_dense_gradients():
     W = torch.nn.Parameter(torch.zeros(4, 2))
     W.grad = torch.ones(4, 2)
@@ -92,3 +154,31 @@ def test_model_row_gradient_is_coalesced_and_matches_dense_reference():
     torch.testing.assert_close(s, s2)
     torch.testing.assert_close(g.to_dense(), W.grad)
     torch.testing.assert_close(emb.grad, e2.grad)
+
+
+@pytest.mark.skipif(numba_missing, reason="numba is not installed")
+def test_training_with_fused_and_torch_paths_agrees(monkeypatch):
+    from xmcviz import data
+    from xmcviz.trainer import TrainConfig, Trainer
+    tiny = data.synthetic("tiny", seed=0)
+    runs, calls = [], []
+    real = xmcviz.optim.fused_adam_rows
+    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
+                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    for flag in ("1", "0"):
+        monkeypatch.setenv("XMCVIZ_FUSED_ADAM", flag)
+        cfg = TrainConfig(model="mlp", hidden=16, sampler="uniform", negatives=10, batch_size=64,
+                          epochs=2, lr=0.01, seed=0, device="cpu", progress=False,
+                          label_bias=True)
+        t = Trainer(cfg, tiny)
+        t.train()
+        runs.append(t)
+        if flag == "1":
+            assert len(calls) > 20  # W and bias, every step
+            calls.clear()
+    assert not calls
+    fused, plain = runs
+    # Same arithmetic, float32 rounding may differ in the last bits over ~30 steps.
+    torch.testing.assert_close(fused.model.W, plain.model.W, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.model.bias, plain.model.bias, rtol=1e-4, atol=1e-5)
+    assert abs(fused.history[-1]["P@5"] - plain.history[-1]["P@5"]) < 0.02

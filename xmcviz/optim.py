@@ -8,17 +8,22 @@ into the parameter.  Nothing of size L is allocated or scanned after the first s
 allocates the two moment matrices, as SparseAdam does).
 
 At large L the touched rows are scattered over matrices far larger than the caches, so a step
-is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  An
-interleaved ``[L, 2, d]`` moment buffer (one gather for both moments) was measured and not
-kept: the page walk it saves is lost again in elementwise ops on strided halves (``sqrt`` on a
-strided view is about 4x slower than on a contiguous one), and it would make the state's
-tensors views.  The state is SparseAdam's: ``step``, ``exp_avg``, ``exp_avg_sq``.
+is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  On the CPU the
+update runs as one fused, vectorised pass (:mod:`xmcviz.optim_cpu`, numba): about a quarter
+of the time of the five torch passes below at L = 1M.  The torch ops remain the path
+on CUDA, for float64, and without numba.  An interleaved ``[L, 2, d]`` moment buffer was
+measured and not kept: the page walk it saves is lost again in elementwise ops on strided
+halves, and it would make the state's tensors views.
+
+The state is SparseAdam's: ``step``, ``exp_avg``, ``exp_avg_sq``.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .optim_cpu import fused_adam_rows, fused_available
 
 __all__ = ["RowSparseAdam", "coalesce_rows"]
 
@@ -43,10 +48,11 @@ def coalesce_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RowSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
 
-    For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`), gather
-    the touched rows of the two moments (``index_select``), update them densely (``lerp_`` /
-    ``addcmul_``), write them back (``index_copy_``) and ``index_add_`` the bias-corrected
-    step into the parameter.  Rows not in the gradient are neither read nor written (no
+    For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`); on the CPU
+    update the touched rows in one fused pass (:func:`xmcviz.optim_cpu.fused_adam_rows`);
+    otherwise gather the touched rows of the two moments (``index_select``), update them
+    densely (``lerp_`` / ``addcmul_``), write them back (``index_copy_``) and ``index_add_``
+    the bias-corrected step into the parameter.  Rows not in the gradient are neither read nor written (no
     momentum on untouched rows, as SparseAdam).  Results agree with SparseAdam to float
     rounding (sums of duplicate rows may be taken in another order).
     """
@@ -76,13 +82,18 @@ class RowSparseAdam(torch.optim.SparseAdam):
                     continue
                 if group.get("maximize", False):
                     g = -g
+                t = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                if fused_available(p, state["exp_avg"], state["exp_avg_sq"], g):
+                    # One pass over the touched rows (memory-bound at large L).
+                    fused_adam_rows(p.data, state["exp_avg"], state["exp_avg_sq"], idx, g,
+                                    beta1, beta2, eps, step_size)
+                    continue
                 m = state["exp_avg"].index_select(0, idx)
                 v = state["exp_avg_sq"].index_select(0, idx)
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, idx, m)
                 state["exp_avg_sq"].index_copy_(0, idx, v)
-                t = state["step"]
-                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 p.index_add_(0, idx, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
         return loss
