@@ -38,6 +38,7 @@ that path has not been run on a GPU yet.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -109,6 +110,12 @@ class Clock:
 
 def med(xs) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
+
+
+def rotated(items: list, rnd: int) -> list:
+    """``items`` started at position ``rnd`` (modulo its length): round ``rnd``'s order."""
+    k = rnd % len(items)
+    return items[k:] + items[:k]
 
 
 def batch_rows(rnd: int, n: int) -> np.ndarray:
@@ -212,6 +219,7 @@ def step_phases(t: Trainer, X, Y, rows) -> dict:
     return T
 
 
+@functools.cache
 def _touch_rows_kernel():
     """A numba pass that reads and writes each of the U rows of W, m and v once, with no
     arithmetic: the memory floor of the fused row-sparse Adam step.  None without numba."""
@@ -233,27 +241,21 @@ def _touch_rows_kernel():
     return touch
 
 
-_TOUCH = None
-
-
 def bare_memory(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
                 uniq: torch.Tensor, clk: Clock) -> dict:
     """The scattered row accesses a row-sparse step cannot avoid, alone: gather the scored
     rows (forward), then one pass reading and writing the U touched rows of W, m, v (the
     floor of the label update; torch's five passes for comparison)."""
-    global _TOUCH
     T = {}
     with clk:
         W.index_select(0, ids)
     T["gather scored rows"] = clk.cpu
-    if W.device.type == "cpu":
-        if _TOUCH is None:
-            _TOUCH = _touch_rows_kernel() or False
-        if _TOUCH:
-            args = (W.numpy(), m.numpy(), v.numpy(), uniq.numpy(), np.float32(0.0))
-            with clk:
-                _TOUCH(*args)
-            T["one pass over U rows of W, m, v"] = clk.cpu
+    touch = _touch_rows_kernel() if W.device.type == "cpu" else None
+    if touch is not None:
+        args = (W.numpy(), m.numpy(), v.numpy(), uniq.numpy(), np.float32(0.0))
+        with clk:
+            touch(*args)
+        T["one pass over U rows of W, m, v"] = clk.cpu
     with clk:
         mU, vU, wU = m.index_select(0, uniq), v.index_select(0, uniq), W.index_select(0, uniq)
         m.index_copy_(0, uniq, mU)
@@ -375,8 +377,7 @@ def bench_labels(L: int, a, device, out, uniform_trainers: dict) -> list[dict]:
     rng = np.random.default_rng(0)
     for rnd in range(a.warmup + a.steps):
         rows = batch_rows(rnd, X.shape[0])
-        order = names[rnd % len(names):] + names[:rnd % len(names)]
-        for s in order:
+        for s in rotated(names, rnd):
             t = trainers[s]
             resettle(t, X, Y, rnd, a)
             with clk:
@@ -458,7 +459,7 @@ def bench_uniform_scaling(uniform_trainers: dict, a, device, out) -> list[dict]:
     # Whole steps first, with nothing else between them: a step timed right after the bare
     # sweeps below would start with the caches full of those buffers, which training never does.
     for rnd in range(a.warmup + 2 * a.steps):
-        for L in Ls[rnd % len(Ls):] + Ls[:rnd % len(Ls)]:
+        for L in rotated(Ls, rnd):
             t, X, Y = uniform_trainers[L]
             resettle(t, X, Y, rnd, a)
             with clk:
@@ -467,7 +468,7 @@ def bench_uniform_scaling(uniform_trainers: dict, a, device, out) -> list[dict]:
                 steps[L][0].append(clk.wall)
                 steps[L][1].append(clk.cpu)
     for rnd in range(a.warmup + 2 * a.steps):
-        for L in Ls[rnd % len(Ls):] + Ls[:rnd % len(Ls)]:
+        for L in rotated(Ls, rnd):
             t, X, Y = uniform_trainers[L]
             t._train_step(X, Y, batch_rows(3000 + rnd, X.shape[0]))  # phases follow a step
             ph = step_phases(t, X, Y, batch_rows(5000 + rnd, X.shape[0]))

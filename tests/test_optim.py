@@ -16,16 +16,22 @@ from xmcviz.optim_cpu import fused_available
 numba_missing = importlib.util.find_spec("numba") is None
 
 
+def _count_fused_calls(monkeypatch) -> list:
+    """A list that gets an entry each time RowSparseAdam calls the fused kernel."""
+    calls = []
+    real = xmcviz.optim.fused_adam_rows
+    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
+                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    return calls
+
+
 @pytest.fixture(params=["fused", "torch"])
 def adam_path(request, monkeypatch):
     """Run a test on both step paths: the numba kernel (CPU default) and torch's ops."""
     if request.param == "fused" and numba_missing:
         pytest.skip("numba is not installed")
     monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1" if request.param == "fused" else "0")
-    calls = []
-    real = xmcviz.optim.fused_adam_rows
-    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
-                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    calls = _count_fused_calls(monkeypatch)
     yield calls
     # The path under test is the one that ran.
     assert bool(calls) == (request.param == "fused")
@@ -161,10 +167,7 @@ def test_training_with_fused_and_torch_paths_agrees(monkeypatch):
     from xmcviz import data
     from xmcviz.trainer import TrainConfig, Trainer
     tiny = data.synthetic("tiny", seed=0)
-    runs, calls = [], []
-    real = xmcviz.optim.fused_adam_rows
-    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
-                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    runs, calls = [], _count_fused_calls(monkeypatch)
     for flag in ("1", "0"):
         monkeypatch.setenv("XMCVIZ_FUSED_ADAM", flag)
         cfg = TrainConfig(model="mlp", hidden=16, sampler="uniform", negatives=10, batch_size=64,

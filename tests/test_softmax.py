@@ -61,14 +61,20 @@ def test_pair_loss_matches_autograd(method, reg):
     torch.testing.assert_close(grad, gref)
 
 
-def test_sparse_scores_match_dense():
+def _sparse_case():
+    """7 labels, 11 features, 5 sparse rows with 2 labels each, as sparse_pair_scores takes them."""
     g = torch.Generator().manual_seed(0)
     W, b = torch.randn(7, 11, generator=g), torch.randn(7, generator=g)
     X = sp.random(5, 11, density=0.3, random_state=0, format="csr", dtype=np.float32)
     labels = torch.randint(0, 7, (5, 2), generator=g)
     row = torch.as_tensor(np.repeat(np.arange(5), np.diff(X.indptr)))
-    xi = sparse_pair_scores(W, b, row, torch.as_tensor(X.indices, dtype=torch.int64),
-                            torch.as_tensor(X.data), labels)
+    col, val = torch.as_tensor(X.indices, dtype=torch.int64), torch.as_tensor(X.data)
+    return W, b, X, labels, row, col, val
+
+
+def test_sparse_scores_match_dense():
+    W, b, X, labels, row, col, val = _sparse_case()
+    xi = sparse_pair_scores(W, b, row, col, val, labels)
     dense = torch.as_tensor(X.toarray())
     ref = torch.einsum("bd,bjd->bj", dense, W[labels]) + b[labels]
     torch.testing.assert_close(xi, ref)
@@ -119,12 +125,7 @@ def test_first_label_log_q_is_precomputed_bitwise(toy, method):
 
 
 def test_sparse_scores_take_the_gathered_labels():
-    g = torch.Generator().manual_seed(0)
-    W, b = torch.randn(7, 11, generator=g), torch.randn(7, generator=g)
-    X = sp.random(5, 11, density=0.3, random_state=0, format="csr", dtype=np.float32)
-    labels = torch.randint(0, 7, (5, 2), generator=g)
-    row = torch.as_tensor(np.repeat(np.arange(5), np.diff(X.indptr)))
-    col, val = torch.as_tensor(X.indices, dtype=torch.int64), torch.as_tensor(X.data)
+    W, b, _, labels, row, col, val = _sparse_case()
     assert torch.equal(sparse_pair_scores(W, b, row, col, val, labels, labels[row]),
                        sparse_pair_scores(W, b, row, col, val, labels))
 

@@ -70,5 +70,5 @@ def fused_adam_rows(weight: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
         return t.detach().reshape(t.shape[0], -1).numpy()
 
     _kernel()(rows(weight), rows(exp_avg), rows(exp_avg_sq), ids.numpy(),
-              rows(grad.contiguous()), f32(1 - beta1), f32(beta2),
+              rows(grad), f32(1 - beta1), f32(beta2),
               f32(1 - beta2), f32(eps), f32(step_size))
