@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import xmcviz.optim
-import xmcviz.optim_cpu
+import xmcviz.cpu_kernels
 from xmcviz.models import build_model
 from xmcviz.optim import RowSparseAdam, coalesce_rows
-from xmcviz.optim_cpu import fused_available
+from xmcviz.cpu_kernels import kernels_available
 
 numba_missing = importlib.util.find_spec("numba") is None
 
@@ -30,7 +30,7 @@ def adam_path(request, monkeypatch):
     """Run a test on both step paths: the numba kernel (CPU default) and torch's ops."""
     if request.param == "fused" and numba_missing:
         pytest.skip("numba is not installed")
-    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1" if request.param == "fused" else "0")
+    monkeypatch.setenv("XMCVIZ_NUMBA", "1" if request.param == "fused" else "0")
     calls = _count_fused_calls(monkeypatch)
     yield calls
     # The path under test is the one that ran.
@@ -92,13 +92,13 @@ def test_matches_sparse_adam_with_duplicate_rows(coalesced, adam_path):
 
 
 def test_fused_path_only_for_contiguous_cpu_float32(monkeypatch):
-    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1")
+    monkeypatch.setenv("XMCVIZ_NUMBA", "1")
     a = torch.zeros(6, 4)
-    assert fused_available(a, a) is not numba_missing
-    assert not fused_available(a, a.double())
-    assert not fused_available(a, a.T)
-    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "0")
-    assert not fused_available(a, a)
+    assert kernels_available(a, a) is not numba_missing
+    assert not kernels_available(a, a.double())
+    assert not kernels_available(a, a.T)
+    monkeypatch.setenv("XMCVIZ_NUMBA", "0")
+    assert not kernels_available(a, a)
 
 
 def test_float64_parameters_take_the_torch_path(monkeypatch):
@@ -111,15 +111,15 @@ def test_float64_parameters_take_the_torch_path(monkeypatch):
 
 
 def test_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch):
-    monkeypatch.setenv("XMCVIZ_FUSED_ADAM", "1")
-    monkeypatch.setitem(sys.modules, "xmcviz._optim_numba", None)  # import fails
-    xmcviz.optim_cpu._kernel.cache_clear()
+    monkeypatch.setenv("XMCVIZ_NUMBA", "1")
+    monkeypatch.setitem(sys.modules, "xmcviz._numba_kernels", None)  # import fails
+    xmcviz.cpu_kernels._kernels.cache_clear()
     try:
         if numba_missing:
-            assert not fused_available(torch.zeros(2, 2))
+            assert not kernels_available(torch.zeros(2, 2))
             return
-        with pytest.warns(RuntimeWarning, match="fused CPU Adam kernel is unavailable"):
-            assert not fused_available(torch.zeros(2, 2))
+        with pytest.warns(RuntimeWarning, match="fused CPU kernels are unavailable"):
+            assert not kernels_available(torch.zeros(2, 2))
         W = torch.nn.Parameter(torch.zeros(5, 3))
         W.grad = _sparse(torch.tensor([1, 3]), torch.ones(2, 3), (5, 3))
         with warnings.catch_warnings():
@@ -127,7 +127,7 @@ def test_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch):
             RowSparseAdam([W], lr=0.1).step()  # the torch path
         assert W[1].lt(0).all() and W[0].eq(0).all()
     finally:
-        xmcviz.optim_cpu._kernel.cache_clear()
+        xmcviz.cpu_kernels._kernels.cache_clear()
 
 
 def test_refuses_dense_gradients():
@@ -137,7 +137,9 @@ def test_refuses_dense_gradients():
         RowSparseAdam([W]).step()
 
 
-def test_model_row_gradient_is_coalesced_and_matches_dense_reference():
+@pytest.mark.parametrize("numba_flag", ["1", "0"])
+def test_model_row_gradient_is_coalesced_and_matches_dense_reference(numba_flag, monkeypatch):
+    monkeypatch.setenv("XMCVIZ_NUMBA", numba_flag)  # the numba kernel and torch's path
     torch.manual_seed(1)
     m = build_model("mlp", num_features=12, num_labels=30, hidden=4, dropout=0.0)
     emb = torch.randn(3, 4, requires_grad=True)
@@ -169,7 +171,7 @@ def test_training_with_fused_and_torch_paths_agrees(monkeypatch):
     tiny = data.synthetic("tiny", seed=0)
     runs, calls = [], _count_fused_calls(monkeypatch)
     for flag in ("1", "0"):
-        monkeypatch.setenv("XMCVIZ_FUSED_ADAM", flag)
+        monkeypatch.setenv("XMCVIZ_NUMBA", flag)
         cfg = TrainConfig(model="mlp", hidden=16, sampler="uniform", negatives=10, batch_size=64,
                           epochs=2, lr=0.01, seed=0, device="cpu", progress=False,
                           label_bias=True)

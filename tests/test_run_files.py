@@ -63,6 +63,15 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def _last_logged_step(path) -> int:
+    """The largest ``step`` among the complete lines of a hook's summary; -1 if none yet."""
+    if not path.exists():
+        return -1
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines(keepends=True)
+             if line.endswith("\n")]
+    return max(steps, default=-1)
+
+
 def test_sigkill_mid_epoch_leaves_every_file_readable_and_resumable(tmp_path):
     out = tmp_path / "run"
     args = ["--data", "synthetic:small", "--hidden", "16", "--negatives", "20",
@@ -74,8 +83,11 @@ def test_sigkill_mid_epoch_leaves_every_file_readable_and_resumable(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     metrics = out / "metrics.jsonl"
     # After the first evaluation (end of epoch 1) and a few steps into epoch 2: mid-epoch.
-    _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, 120, proc)
-    time.sleep(0.5)
+    # Wait for the logged step itself, not for a fixed time (a loaded machine is slow).
+    _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0
+              and _last_logged_step(out / "hooks" / "ranks.jsonl")
+              >= json.loads((out / "config.json").read_text())["resolved"]["steps_per_epoch"] + 2,
+              240, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL

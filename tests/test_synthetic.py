@@ -1,5 +1,4 @@
 """Synthetic presets: determinism, sizes, power-law labels, clusters, learnability, validation."""
-import time
 
 import numpy as np
 import pytest
@@ -114,15 +113,12 @@ def test_cluster_mates_are_confusable(small):
     assert S[same].mean() > 2 * S[other].mean()
 
 
-def test_tiny_is_fast():
-    best = min(_timed(lambda: data.synthetic("tiny", seed=s)) for s in range(3))
-    assert best < 0.2
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def test_tiny_stays_tiny(tiny):
+    # Most tests train on "tiny": its size is what keeps the suite fast (a size check, not a
+    # timed one, so a loaded machine cannot fail it).
+    assert tiny.X_train.shape[0] + tiny.X_test.shape[0] <= 1500
+    assert tiny.num_labels <= 64 and tiny.X_train.shape[1] <= 300
+    assert tiny.X_train.nnz <= 30 * tiny.X_train.shape[0]
 
 
 def test_dict_params_and_preset_override():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import kernels_available, row_sums
 from .validation import check_choice, check_float, check_int
 
 __all__ = ["LinearEncoder", "MLPEncoder", "XMCModel", "build_model", "MODEL_NAMES",
@@ -127,7 +128,15 @@ def _row_gradient(ids: torch.Tensor, grad: torch.Tensor, emb: torch.Tensor,
     ids gives the distinct rows and, per row, its (b, grad) pairs as a CSR matrix A ([U, B]);
     the row gradients are then ``A @ emb``, a sparse-dense product that never materialises
     the ``[B K, d]`` per-entry gradients, and the result is already coalesced (the optimiser
-    skips its own sort)."""
+    skips its own sort).  On the CPU a numba kernel does the same in one pass
+    (:func:`xmcviz.cpu_kernels.row_sums`: at L = 1M, 1 ms instead of 14 ms, most of which is
+    the sparse product zero-filling and copying its [U, d] result)."""
+    if ids.device.type == "cpu" and kernels_available(grad, emb):
+        out = row_sums(ids, grad, emb, live)
+        if out is not None:
+            uniq, vals = out
+            return torch.sparse_coo_tensor(uniq.unsqueeze(0), vals, shape, is_coalesced=True,
+                                           check_invariants=False)
     B, K = ids.shape
     flat, g = ids.reshape(-1), grad.reshape(-1)
     col = None

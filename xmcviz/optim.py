@@ -9,7 +9,7 @@ allocates the two moment matrices, as SparseAdam does).
 
 At large L the touched rows are scattered over matrices far larger than the caches, so a step
 is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  On the CPU the
-update runs as one fused, vectorised pass (:mod:`xmcviz.optim_cpu`, numba): 11.5 ms instead
+update runs as one fused, vectorised pass (:mod:`xmcviz.cpu_kernels`, numba): 11.5 ms instead
 of 31 ms for the five torch passes below at L = 1M in the step benchmark.  The torch ops remain the path
 on CUDA, for float64, and without numba.  An interleaved ``[L, 2, d]`` moment buffer was
 measured and not kept: the page walk it saves is lost again in elementwise ops on strided
@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .optim_cpu import fused_adam_rows, fused_available
+from .cpu_kernels import fused_adam_rows, kernels_available
 
 __all__ = ["RowSparseAdam", "coalesce_rows"]
 
@@ -49,7 +49,7 @@ class RowSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
 
     For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`); on the CPU
-    update the touched rows in one fused pass (:func:`xmcviz.optim_cpu.fused_adam_rows`);
+    update the touched rows in one fused pass (:func:`xmcviz.cpu_kernels.fused_adam_rows`);
     otherwise gather the touched rows of the two moments (``index_select``), update them
     densely (``lerp_`` / ``addcmul_``), write them back (``index_copy_``) and ``index_add_``
     the bias-corrected step into the parameter.  Rows not in the gradient are neither read
@@ -84,7 +84,7 @@ class RowSparseAdam(torch.optim.SparseAdam):
                     g = -g
                 t = state["step"]
                 step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-                if fused_available(p, state["exp_avg"], state["exp_avg_sq"], g):
+                if kernels_available(p, state["exp_avg"], state["exp_avg_sq"], g):
                     # One pass over the touched rows (memory-bound at large L).
                     fused_adam_rows(p.data, state["exp_avg"], state["exp_avg_sq"], idx, g,
                                     beta1, beta2, eps, step_size)
