@@ -99,3 +99,16 @@ def test_float64_and_non_contiguous_inputs_take_the_torch_path():
     g = _row_gradient(ids, coef, emb, None, torch.Size([3, 2]))
     assert g._indices()[0].tolist() == [0, 2] and g._values()[:, 0].tolist() == [2.0, 4.0]
     assert g.dtype == torch.float64 and np.isfinite(g._values().numpy()).all()
+
+
+def test_non_contiguous_score_gradients_still_take_the_kernel(monkeypatch):
+    calls = []
+    real = xmcviz.models.row_sums
+    monkeypatch.setattr(xmcviz.models, "row_sums", lambda *a: (calls.append(1), real(*a))[1])
+    ids, coef, emb, _ = _case(2, 8, 6, 20, 4, None)
+    g = _row_gradient(ids, coef.T.contiguous().T, emb.T.contiguous().T, None,
+                      torch.Size([20, 4]))
+    assert calls
+    ref_u, ref_rows = _reference(ids, coef, emb, None)
+    assert torch.equal(g._indices()[0], ref_u)
+    torch.testing.assert_close(g._values().double(), ref_rows, rtol=1e-5, atol=1e-5)
