@@ -15,6 +15,22 @@ def shared_data() -> Path:
     return d
 
 
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name)``: a list that gets an entry each time ``module.name`` is
+    called (the real function still runs), to check which code path a test took."""
+    def spy(module, name: str) -> list:
+        calls, real = [], getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+        return calls
+    return spy
+
+
 def pytest_configure(config):
     # Tiny tensors: several threads per op only oversubscribe the 2 CI cores (50x slower steps).
     import torch

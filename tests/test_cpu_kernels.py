@@ -73,11 +73,8 @@ def test_ids_too_large_for_the_sort_keys_take_the_torch_path():
 
 
 @pytest.mark.parametrize("live_share", [None, 0.6])
-def test_model_row_gradient_same_on_both_paths(live_share, monkeypatch):
-    calls = []
-    real = xmcviz.models.row_sums
-    monkeypatch.setattr(xmcviz.models, "row_sums",
-                        lambda *a: (calls.append(1), real(*a))[1])
+def test_model_row_gradient_same_on_both_paths(live_share, monkeypatch, count_calls):
+    calls = count_calls(xmcviz.models, "row_sums")
     ids, coef, emb, live = _case(5, 128, 30, 5000, 24, live_share)
     shape = torch.Size([5000, 24])
     monkeypatch.setenv("XMCVIZ_NUMBA", "1")
@@ -101,10 +98,8 @@ def test_float64_and_non_contiguous_inputs_take_the_torch_path():
     assert g.dtype == torch.float64 and np.isfinite(g._values().numpy()).all()
 
 
-def test_non_contiguous_score_gradients_still_take_the_kernel(monkeypatch):
-    calls = []
-    real = xmcviz.models.row_sums
-    monkeypatch.setattr(xmcviz.models, "row_sums", lambda *a: (calls.append(1), real(*a))[1])
+def test_non_contiguous_score_gradients_still_take_the_kernel(count_calls):
+    calls = count_calls(xmcviz.models, "row_sums")
     ids, coef, emb, _ = _case(2, 8, 6, 20, 4, None)
     g = _row_gradient(ids, coef.T.contiguous().T, emb.T.contiguous().T, None,
                       torch.Size([20, 4]))

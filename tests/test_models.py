@@ -136,17 +136,10 @@ def test_masked_entries_carry_no_gradient():
         torch.testing.assert_close(emb.grad, expect)
 
 
-def test_auto_picks_unique_for_wide_inputs(monkeypatch):
+def test_auto_picks_unique_for_wide_inputs(monkeypatch, count_calls):
     torch.manual_seed(0)
     m = XMCModel(nn.Identity(), 50, 10)
-    calls = []
-    real_unique = torch.unique
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real_unique(*a, **k)
-
-    monkeypatch.setattr(torch, "unique", spy)
+    calls = count_calls(torch, "unique")
     ids = torch.randint(0, 50, (8, 30))
     emb = torch.randn(8, 10)
     m.score(emb, ids)

@@ -16,22 +16,13 @@ from xmcviz.cpu_kernels import kernels_available
 numba_missing = importlib.util.find_spec("numba") is None
 
 
-def _count_fused_calls(monkeypatch) -> list:
-    """A list that gets an entry each time RowSparseAdam calls the fused kernel."""
-    calls = []
-    real = xmcviz.optim.fused_adam_rows
-    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows",
-                        lambda *a, **k: (calls.append(1), real(*a, **k)))
-    return calls
-
-
 @pytest.fixture(params=["fused", "torch"])
-def adam_path(request, monkeypatch):
+def adam_path(request, monkeypatch, count_calls):
     """Run a test on both step paths: the numba kernel (CPU default) and torch's ops."""
     if request.param == "fused" and numba_missing:
         pytest.skip("numba is not installed")
     monkeypatch.setenv("XMCVIZ_NUMBA", "1" if request.param == "fused" else "0")
-    calls = _count_fused_calls(monkeypatch)
+    calls = count_calls(xmcviz.optim, "fused_adam_rows")
     yield calls
     # The path under test is the one that ran.
     assert bool(calls) == (request.param == "fused")
@@ -165,11 +156,11 @@ def test_model_row_gradient_is_coalesced_and_matches_dense_reference(numba_flag,
 
 
 @pytest.mark.skipif(numba_missing, reason="numba is not installed")
-def test_training_with_fused_and_torch_paths_agrees(monkeypatch):
+def test_training_with_fused_and_torch_paths_agrees(monkeypatch, count_calls):
     from xmcviz import data
     from xmcviz.trainer import TrainConfig, Trainer
     tiny = data.synthetic("tiny", seed=0)
-    runs, calls = [], _count_fused_calls(monkeypatch)
+    runs, calls = [], count_calls(xmcviz.optim, "fused_adam_rows")
     for flag in ("1", "0"):
         monkeypatch.setenv("XMCVIZ_NUMBA", flag)
         cfg = TrainConfig(model="mlp", hidden=16, sampler="uniform", negatives=10, batch_size=64,
