@@ -11,7 +11,8 @@ kernels replace chains of torch ops that each pass over the rows again:
 * :func:`row_sums`, the coalesced row gradient of ``W`` (``xmcviz.models._row_gradient``):
   torch's path sorts the ids, builds a CSR matrix and multiplies it with the embeddings, and
   its sparse product zero-fills and copies the [U, d] result several times; the kernel sorts
-  composite keys with numpy and writes each distinct row once.  At L = 1M: 14 -> 1 ms.
+  composite keys with numpy and writes each distinct row once.  At L = 1M: 4-12 -> 0.9 ms
+  (``benchmarks/row_gradient.py``).
 
 Same arithmetic, in float32, as the torch paths (results agree to float rounding; see
 ``tests/test_cpu_kernels.py`` and ``tests/test_optim.py``).  Without numba, where the kernels
@@ -86,7 +87,7 @@ def row_sums(ids: torch.Tensor, coef: torch.Tensor, emb: torch.Tensor,
              live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Distinct ids and, per id j, ``sum_{(b, k): ids[b, k] = j, live} coef[b, k] emb[b]``.
 
-    ``ids`` int64 [B, K] (in [0, 2^40)), ``coef`` [B, K] and ``emb`` [B, d] (float32,
+    ``ids`` int64 [B, K] (non-negative), ``coef`` [B, K] and ``emb`` [B, d] (float32,
     contiguous, passing :func:`kernels_available`), ``live`` bool [B, K] or None (all live).
     Returns ``(uniq [U] ascending, rows [U, d])``, or None where the composite sort keys
     would not fit in 63 bits (the caller then takes its torch path)."""
