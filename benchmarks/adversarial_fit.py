@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmcviz.samplers.adversarial import fit_adversarial_sampler
+from xmcviz.samplers.adversarial.sampler import fit_adversarial_sampler
 
 
 def synthetic(num_labels: int, num_rows: int, num_features: int = 20000, nnz: int = 40,

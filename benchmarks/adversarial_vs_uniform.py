@@ -4,7 +4,7 @@
     python benchmarks/adversarial_vs_uniform.py --data ../shared/data/Delicious --epochs 4
 
 For each method (``adversarial``, ``uniform``, ``frequency``, ``nce``, plus any
-``METHOD@LR`` extra), one training run of :class:`xmcviz.softmax.SoftmaxTrainer` with the
+``METHOD@LR`` extra), one training run of :class:`xmcviz.softmax.trainer.SoftmaxTrainer` with the
 same seed, batch size and evaluation schedule; reported per run: the curve (step,
 training seconds, acc, loglik, raw and aux variants), the tree's fit time, and the
 first step / training time / time including the fit at which ``acc`` reaches each
@@ -14,7 +14,7 @@ target (``reach``: fractions of the best accuracy uniform sampling reached;
 - ``step_cost``: milliseconds per training step of each method, measured interleaved
   (round-robin over methods, ``--cost-repeats`` rounds of ``--cost-steps`` steps, median),
   because the machine is shared and sequential timings drift;
-- ``snr``: the gradient SNR (:func:`xmcviz.adversarial.snr.snr_comparison`) of uniform,
+- ``snr``: the gradient SNR (:func:`xmcviz.softmax.snr.snr_comparison`) of uniform,
   frequency and adversarial negatives on one probe batch, at shared raw scores
   (``*_raw``: W = 0, the final uniform / adversarial parameters) and at a shared
   predictive model (``*_debiased``: s = x.W + b with W = 0 or the final uniform model,
@@ -30,8 +30,8 @@ import time
 import numpy as np
 import torch
 
-from xmcviz.adversarial.snr import snr_comparison
-from xmcviz.softmax import SoftmaxConfig, SoftmaxTrainer
+from xmcviz.softmax.snr import snr_comparison
+from xmcviz.softmax.trainer import SoftmaxConfig, SoftmaxTrainer
 
 CURVE_KEYS = ("step", "epoch", "time_s", "acc", "loglik", "acc_raw", "loglik_raw")
 

@@ -24,7 +24,7 @@ import torch
 from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
 from xmcviz.hooks import DEFAULT_HOOKS, make_hooks
-from xmcviz.trainer import TrainConfig, Trainer
+from xmcviz.core.trainer import TrainConfig, Trainer
 
 
 def timed_run(dataset, args, hooks_on: bool, run_dir: Path) -> float:

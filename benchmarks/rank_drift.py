@@ -6,8 +6,8 @@ NegativeRanks hook, which logs, every ``--every`` steps (default: every step) fo
 rows, the true rank (1 = highest score among all L labels, under the current model) of every
 negative in the loss.
 For each run it reports the median true rank at the first, middle and last logged step of
-each refresh interval after the warm-up (``xmcviz.analysis.rank_medians_by_phase`` on the run
-directory read back with ``xmcviz.runs.load_run``), overall and by source (``mips`` /
+each refresh interval after the warm-up (``xmcviz.notebook.analysis.rank_medians_by_phase`` on the run
+directory read back with ``xmcviz.core.run_reader.load_run``), overall and by source (``mips`` /
 ``uniform``).  Uniform never refreshes: its phases are taken within each epoch (the same
 steps as the MIPS intervals).  A uniform draw has median rank about L / 2.
 Prints one JSON line per run and a final JSON summary.
@@ -26,10 +26,10 @@ import torch
 
 from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
-from xmcviz.analysis import PHASES, rank_medians_by_phase
+from xmcviz.notebook.analysis import PHASES, rank_medians_by_phase
 from xmcviz.hooks import NegativeRanks
-from xmcviz.runs import load_run
-from xmcviz.trainer import TrainConfig, Trainer
+from xmcviz.core.run_reader import load_run
+from xmcviz.core.trainer import TrainConfig, Trainer
 
 SAMPLERS = ("uniform", "mips-s", "mips-a")
 

@@ -28,7 +28,7 @@ import torch
 
 from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
 from xmcviz import data as xdata
-from xmcviz.trainer import TrainConfig, Trainer
+from xmcviz.core.trainer import TrainConfig, Trainer
 
 #: name -> TrainConfig settings of the variant.
 VARIANTS: dict[str, dict] = {

@@ -56,8 +56,8 @@ from xmcviz.data.dataset import Dataset
 from xmcviz.samplers.base import Positives
 from xmcviz.samplers.mips import assemble_negatives
 from xmcviz.samplers.ops import sorted_positive_table
-from xmcviz.trainer import TrainConfig, Trainer, csr_to_torch
-from xmcviz.loss import model_loss
+from xmcviz.core.trainer import TrainConfig, Trainer, csr_to_torch
+from xmcviz.core.loss import model_loss
 from xmcviz.validation import check_choice, check_int
 
 ALL_SAMPLERS = ("uniform", "frequency", "top", "top-uniform", "mips-a", "mips-s", "full")

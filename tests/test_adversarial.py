@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xmcviz.adversarial import LabelTree, SparsePCA, fit_label_tree, newton_step, training_pairs
-from xmcviz.adversarial.tree import _logistic_stats
-from xmcviz.samplers.adversarial import AdversarialSampler, fit_adversarial_sampler
+from xmcviz.samplers.adversarial import LabelTree, SparsePCA, fit_label_tree, newton_step, training_pairs
+from xmcviz.samplers.adversarial.tree import _logistic_stats
+from xmcviz.samplers.adversarial.sampler import AdversarialSampler, fit_adversarial_sampler
 from xmcviz.samplers.base import SOURCE_ADVERSARIAL, Positives
 
 L = 13  # not a power of two: 16 leaves, 3 of them padding

@@ -1,4 +1,4 @@
-"""Gradient signal-to-noise estimator (xmcviz.gradient_snr)."""
+"""Gradient signal-to-noise estimator (xmcviz.softmax.gradient_snr)."""
 from __future__ import annotations
 
 import math
@@ -8,11 +8,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xmcviz.adversarial import SparsePCA, fit_label_tree, training_pairs
-from xmcviz.adversarial.proposals import TreeProposal, UniformProposal
-from xmcviz.adversarial.snr import as_snr_proposal
-from xmcviz.gradient_snr import categorical_proposal, gradient_snr
-from xmcviz.samplers.adversarial import AdversarialSampler
+from xmcviz.samplers.adversarial import SparsePCA, fit_label_tree, training_pairs
+from xmcviz.softmax.proposals import TreeProposal, UniformProposal
+from xmcviz.softmax.snr import as_snr_proposal
+from xmcviz.softmax.gradient_snr import categorical_proposal, gradient_snr
+from xmcviz.samplers.adversarial.sampler import AdversarialSampler
 
 
 def _uniform(num_labels, batch_size):

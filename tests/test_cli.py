@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xmcviz.cli import COMMANDS, build_parser, main, register_command
-from xmcviz.rundir import read_jsonl
+from xmcviz.core.rundir import read_jsonl
 
 
 

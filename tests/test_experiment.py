@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xmcviz import analysis, plots, views
-from xmcviz.experiment import Experiment
-from xmcviz.trainer import TrainConfig
+from xmcviz.notebook import analysis; from xmcviz.notebook import plots; from xmcviz.notebook import views
+from xmcviz.notebook.experiment import Experiment
+from xmcviz.core.trainer import TrainConfig
 
 
 def cfg(**kw):
@@ -124,7 +124,7 @@ def test_train_panel_button_trains_and_reports():
     pytest.importorskip("ipywidgets")
     from ipywidgets import Dropdown
 
-    from xmcviz.panel import TrainPanel
+    from xmcviz.notebook.panel import TrainPanel
 
     def make_run(v):
         return v["sampler"], cfg(sampler=v["sampler"], epochs=1)

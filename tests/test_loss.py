@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmcviz.loss import model_loss, sampled_bce
-from xmcviz.models import XMCModel
+from xmcviz.core.loss import model_loss, sampled_bce
+from xmcviz.core.models import XMCModel
 from xmcviz.samplers.base import Negatives, Positives
 
 

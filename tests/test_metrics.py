@@ -5,8 +5,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import xmcviz.metrics as M
-from xmcviz.metrics import evaluate, inv_propensity, predict_topk
+import xmcviz.core.evaluate as M
+from xmcviz.core.evaluate import evaluate, inv_propensity, predict_topk
 
 nxm = pytest.importorskip("napkinxc.metrics")
 

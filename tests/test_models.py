@@ -6,8 +6,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from xmcviz.models import LinearEncoder, MLPEncoder, XMCModel, build_model
-from xmcviz.trainer import csr_to_torch
+from xmcviz.core.models import LinearEncoder, MLPEncoder, XMCModel, build_model
+from xmcviz.core.trainer import csr_to_torch
 
 
 
@@ -67,7 +67,7 @@ def test_mlp_sparse_matches_dense_and_dropout_on_values():
     enc = MLPEncoder(200, hidden=16, dropout=0.2)
     enc.train()
     x = csr_to_torch(_batch(B=50, D=200, density=0.3))
-    from xmcviz.models import _with_values, _sparse_values
+    from xmcviz.core.models import _with_values, _sparse_values
     vals = _sparse_values(x)
     torch.manual_seed(1)
     dropped = torch.nn.functional.dropout(vals, 0.2, True)
@@ -172,7 +172,7 @@ def test_dense_grad_option_and_custom_encoder():
 
 @pytest.mark.parametrize("p", [1.0, 1.5, -0.1])
 def test_dropout_must_lie_in_half_open_unit_interval(p):
-    from xmcviz.trainer import TrainConfig
+    from xmcviz.core.trainer import TrainConfig
     with pytest.raises(ValueError, match=r"dropout=.* allowed \[0.0, 1.0\)"):
         MLPEncoder(10, hidden=4, dropout=p)
     with pytest.raises(ValueError, match=r"dropout=.* allowed \[0.0, 1.0\)"):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from xmcviz.models import XMCModel, _SparseScores
+from xmcviz.core.models import XMCModel, _SparseScores
 
 
 def _sparse_emb(B, D, density, seed):

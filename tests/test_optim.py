@@ -1,4 +1,4 @@
-"""RowSparseAdam (xmcviz.optim) against torch.optim.SparseAdam, and the model's row gradient."""
+"""RowSparseAdam (xmcviz.core.optim) against torch.optim.SparseAdam, and the model's row gradient."""
 import copy
 import importlib.util
 import sys
@@ -7,11 +7,11 @@ import warnings
 import pytest
 import torch
 
-import xmcviz.optim
-import xmcviz.cpu_kernels
-from xmcviz.models import build_model
-from xmcviz.optim import RowSparseAdam, coalesce_rows
-from xmcviz.cpu_kernels import kernels_available
+import xmcviz.core.optim
+import xmcviz.core.fast.cpu_kernels
+from xmcviz.core.models import build_model
+from xmcviz.core.optim import RowSparseAdam, coalesce_rows
+from xmcviz.core.fast.cpu_kernels import kernels_available
 
 numba_missing = importlib.util.find_spec("numba") is None
 
@@ -22,7 +22,7 @@ def adam_path(request, monkeypatch, count_calls):
     if request.param == "fused" and numba_missing:
         pytest.skip("numba is not installed")
     monkeypatch.setenv("XMCVIZ_NUMBA", "1" if request.param == "fused" else "0")
-    calls = count_calls(xmcviz.optim, "fused_adam_rows")
+    calls = count_calls(xmcviz.core.optim, "fused_adam_rows")
     yield calls
     # The path under test is the one that ran.
     assert bool(calls) == (request.param == "fused")
@@ -94,7 +94,7 @@ def test_fused_path_only_for_contiguous_cpu_float32(monkeypatch):
 
 def test_float64_parameters_take_the_torch_path(monkeypatch):
     calls = []
-    monkeypatch.setattr(xmcviz.optim, "fused_adam_rows", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(xmcviz.core.optim, "fused_adam_rows", lambda *a, **k: calls.append(1))
     W = torch.nn.Parameter(torch.zeros(5, 3, dtype=torch.float64))
     W.grad = _sparse(torch.tensor([1, 3]), torch.ones(2, 3, dtype=torch.float64), (5, 3))
     RowSparseAdam([W], lr=0.1).step()
@@ -103,8 +103,8 @@ def test_float64_parameters_take_the_torch_path(monkeypatch):
 
 def test_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setenv("XMCVIZ_NUMBA", "1")
-    monkeypatch.setitem(sys.modules, "xmcviz._numba_kernels", None)  # import fails
-    xmcviz.cpu_kernels._kernels.cache_clear()
+    monkeypatch.setitem(sys.modules, "xmcviz.core.fast._numba_kernels", None)  # import fails
+    xmcviz.core.fast.cpu_kernels._kernels.cache_clear()
     try:
         if numba_missing:
             assert not kernels_available(torch.zeros(2, 2))
@@ -118,7 +118,7 @@ def test_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch):
             RowSparseAdam([W], lr=0.1).step()  # the torch path
         assert W[1].lt(0).all() and W[0].eq(0).all()
     finally:
-        xmcviz.cpu_kernels._kernels.cache_clear()
+        xmcviz.core.fast.cpu_kernels._kernels.cache_clear()
 
 
 def test_refuses_dense_gradients():
@@ -158,9 +158,9 @@ def test_model_row_gradient_is_coalesced_and_matches_dense_reference(numba_flag,
 @pytest.mark.skipif(numba_missing, reason="numba is not installed")
 def test_training_with_fused_and_torch_paths_agrees(monkeypatch, count_calls):
     from xmcviz import data
-    from xmcviz.trainer import TrainConfig, Trainer
+    from xmcviz.core.trainer import TrainConfig, Trainer
     tiny = data.synthetic("tiny", seed=0)
-    runs, calls = [], count_calls(xmcviz.optim, "fused_adam_rows")
+    runs, calls = [], count_calls(xmcviz.core.optim, "fused_adam_rows")
     for flag in ("1", "0"):
         monkeypatch.setenv("XMCVIZ_NUMBA", flag)
         cfg = TrainConfig(model="mlp", hidden=16, sampler="uniform", negatives=10, batch_size=64,

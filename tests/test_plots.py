@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xmcviz import analysis, plots
-from xmcviz.live import LiveData, LiveFigure, mime_bundle
+from xmcviz.notebook import analysis; from xmcviz.notebook import plots
+from xmcviz.notebook.live import LiveData, LiveFigure, mime_bundle
 
 
 def ranks_frame():

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from xmcviz.rundir import (JsonlWriter, RunDir, RunDirNotEmpty, atomic_write_json,
+from xmcviz.core.rundir import (JsonlWriter, RunDir, RunDirNotEmpty, atomic_write_json,
                            environment_info, load_checkpoint, read_jsonl, save_checkpoint,
                            truncate_jsonl)
 

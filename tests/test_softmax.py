@@ -1,4 +1,4 @@
-"""First-label softmax setting (xmcviz.softmax): losses, bias removal, metrics, CLI, determinism."""
+"""First-label softmax setting (xmcviz.softmax.trainer): losses, bias removal, metrics, CLI, determinism."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from xmcviz.cli import main
 from xmcviz.data.dataset import Dataset
-from xmcviz.softmax import (SOFTMAX_METHODS, SoftmaxConfig, SoftmaxTrainer, evaluate_first_label,
+from xmcviz.softmax.trainer import (SOFTMAX_METHODS, SoftmaxConfig, SoftmaxTrainer, evaluate_first_label,
                             pair_loss, sparse_pair_scores)
 
 
@@ -115,7 +115,7 @@ def test_train_step_is_dense_adagrad(toy, method):
 def test_first_label_log_q_is_precomputed_bitwise(toy, method):
     """train_step reads log q of the rows' first labels from a table built once; it equals
     the per-batch proposal.log_prob bitwise, for every batch of an epoch."""
-    from xmcviz.trainer import epoch_permutation
+    from xmcviz.core.trainer import epoch_permutation
     tr = SoftmaxTrainer(_cfg(sampler=method), dataset=toy)
     order = tr.train_rows[epoch_permutation(0, 0, tr.train_rows.size)]
     for B in (32, 7, 1, tr.train_rows.size):
@@ -257,9 +257,9 @@ def test_cli(tmp_path, capsys):
 
 def test_snr_comparison(toy):
     """Same probe and seed for every proposal; matches gradient_snr called directly."""
-    from xmcviz.adversarial.proposals import UniformProposal
-    from xmcviz.adversarial.snr import as_snr_proposal, snr_comparison
-    from xmcviz.gradient_snr import gradient_snr
+    from xmcviz.softmax.proposals import UniformProposal
+    from xmcviz.softmax.snr import as_snr_proposal, snr_comparison
+    from xmcviz.softmax.gradient_snr import gradient_snr
     tr = SoftmaxTrainer(_cfg(sampler="adversarial"), dataset=toy)
     tr.train()
     recs = {r["sampler"]: r for r in snr_comparison(tr, probe_size=64, num_draws=32)}

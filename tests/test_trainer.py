@@ -7,10 +7,10 @@ import torch
 
 from xmcviz import data
 from xmcviz.hooks.base import Hook
-from xmcviz.metrics import evaluate, inv_propensity
-from xmcviz.rundir import RunDirNotEmpty, read_jsonl
+from xmcviz.core.evaluate import evaluate, inv_propensity
+from xmcviz.core.rundir import RunDirNotEmpty, read_jsonl
 from xmcviz.samplers import UniformSampler, make_sampler
-from xmcviz.trainer import (RowSparseAdam, TrainConfig, Trainer, TrainingDiverged,
+from xmcviz.core.trainer import (RowSparseAdam, TrainConfig, Trainer, TrainingDiverged,
                             epoch_permutation)
 
 TIMING = ("time_s", "eval_s")
@@ -201,7 +201,7 @@ def test_evaluate_matches_dense_scores(tiny):
     t = Trainer(_cfg(epochs=1, eval_batch_size=37), tiny)  # several eval batches
     t.train()
     m = t.model.eval()
-    from xmcviz.trainer import csr_to_torch
+    from xmcviz.core.trainer import csr_to_torch
     with torch.no_grad():
         scores = m.full_scores(m.embed(csr_to_torch(tiny.X_test)))
     expect = evaluate(scores, tiny.Y_test, ks=(1, 3, 5),
@@ -370,7 +370,7 @@ def test_nan_loss_stops_with_step_and_keeps_log(tiny, tmp_path):
 
 
 def test_custom_model_and_sampler_objects(tiny):
-    from xmcviz.models import XMCModel
+    from xmcviz.core.models import XMCModel
 
     class Enc(torch.nn.Module):
         def __init__(self):

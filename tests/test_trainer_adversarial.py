@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from xmcviz import data
-from xmcviz.adversarial.bias import debiased_topk, find_log_pn_all
+from xmcviz.samplers.adversarial.bias import debiased_topk, find_log_pn_all
 from xmcviz.cli import main
-from xmcviz.metrics import evaluate, inv_propensity
-from xmcviz.rundir import read_jsonl
+from xmcviz.core.evaluate import evaluate, inv_propensity
+from xmcviz.core.rundir import read_jsonl
 from xmcviz.samplers import SAMPLER_NAMES, make_sampler
-from xmcviz.samplers.adversarial import AdversarialSampler
-from xmcviz.trainer import TrainConfig, Trainer, csr_to_torch
+from xmcviz.samplers.adversarial.sampler import AdversarialSampler
+from xmcviz.core.trainer import TrainConfig, Trainer, csr_to_torch
 
 TIMING = ("time_s", "eval_s")
 
@@ -56,7 +56,7 @@ def test_evaluate_removes_the_bias(tiny):
 
 
 def test_debiased_topk_streams_blocks(tiny, monkeypatch):
-    import xmcviz.adversarial.bias as bias
+    import xmcviz.samplers.adversarial.bias as bias
     s = make_sampler("adversarial", num_labels=64, num_negatives=5, dataset=tiny)
     W = torch.randn(64, 300, generator=torch.Generator().manual_seed(0))
     emb = lambda Xb: csr_to_torch(Xb)  # noqa: E731  (linear model: E_x = x)
@@ -75,9 +75,9 @@ def test_debiased_topk_streams_blocks(tiny, monkeypatch):
 @pytest.mark.parametrize("block_rows", [None, 7])
 def test_raw_and_debiased_topk_in_one_pass(tiny, monkeypatch, block_rows):
     """One embedding per row block gives predict_topk's raw top-k and debiased_topk's, exactly."""
-    import xmcviz.adversarial.bias as bias_mod
-    from xmcviz.adversarial.bias import raw_and_debiased_topk
-    from xmcviz.metrics import predict_topk
+    import xmcviz.samplers.adversarial.bias as bias_mod
+    from xmcviz.samplers.adversarial.bias import raw_and_debiased_topk
+    from xmcviz.core.evaluate import predict_topk
     s = make_sampler("adversarial", num_labels=64, num_negatives=5, dataset=tiny)
     g = torch.Generator().manual_seed(0)
     W, b = torch.randn(64, 300, generator=g), torch.randn(64, generator=g)
@@ -116,8 +116,8 @@ def test_resume_with_adversarial_sampler(tiny, tmp_path):
 def test_resume_rebuilds_the_sampler_from_the_checkpoint(tiny, tmp_path, monkeypatch, warmup):
     """Resuming neither refits PCA + tree nor projects X_train twice, and ends where the
     uninterrupted run ends (also through the warm-up wrapper)."""
-    import xmcviz.samplers.adversarial as adv
-    from xmcviz.adversarial.pca import SparsePCA
+    import xmcviz.samplers.adversarial.sampler as adv
+    from xmcviz.samplers.adversarial.pca import SparsePCA
     full = Trainer(_cfg(warmup_epochs=warmup, out=str(tmp_path / "full")), tiny)
     expect = full.train()
     cut = Trainer(_cfg(epochs=1, warmup_epochs=warmup, out=str(tmp_path / "cut")), tiny)

@@ -47,17 +47,17 @@ def register_command(name: str, add_arguments: Callable[[argparse.ArgumentParser
 
 # ---------------------------------------------------------------------------------- train
 def _sampler_choices() -> Sequence[str]:
-    from .softmax import SOFTMAX_METHODS
-    from .trainer import sampler_names
+    from .softmax.trainer import SOFTMAX_METHODS
+    from .core.trainer import sampler_names
     names = tuple(sampler_names())  # + softmax-only methods (nce), checked against the mode later
     return names + tuple(m for m in SOFTMAX_METHODS if m not in names)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``xmcviz train`` (one per :class:`~xmcviz.trainer.TrainConfig` setting)."""
-    from .models import MODEL_NAMES
-    from .softmax import SoftmaxConfig
-    from .trainer import TrainConfig
+    """Options of ``xmcviz train`` (one per :class:`~xmcviz.core.trainer.TrainConfig` setting)."""
+    from .core.models import MODEL_NAMES
+    from .softmax.trainer import SoftmaxConfig
+    from .core.trainer import TrainConfig
     d, sd = TrainConfig(), SoftmaxConfig()
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR_OR_NAME",
@@ -123,8 +123,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~xmcviz.trainer.TrainConfig` of parsed ``train`` arguments."""
-    from .trainer import TrainConfig
+    """The :class:`~xmcviz.core.trainer.TrainConfig` of parsed ``train`` arguments."""
+    from .core.trainer import TrainConfig
     try:
         ks = tuple(int(k) for k in str(args.eval_ks).split(",") if k.strip())
     except ValueError:
@@ -148,7 +148,7 @@ def config_from_args(args: argparse.Namespace):
 def run_train(args: argparse.Namespace, hooks: Sequence = ()) -> int:
     """``xmcviz train``: validate everything, train, print the final metrics as JSON."""
     from .hooks import make_hooks
-    from .trainer import Trainer
+    from .core.trainer import Trainer
     if getattr(args, "first_label_only", False):
         return run_train_softmax(args)
 
@@ -168,7 +168,7 @@ def _check_data(config):
 
 def _train_and_report(build: Callable[[], object]) -> int:
     """Build a trainer (bad settings: exit 2, before training), train, print the final record."""
-    from .trainer import TrainingDiverged
+    from .core.trainer import TrainingDiverged
     try:
         trainer = build()
     except (ValueError, FileNotFoundError) as e:
@@ -183,8 +183,8 @@ def _train_and_report(build: Callable[[], object]) -> int:
 
 
 def softmax_config_from_args(args: argparse.Namespace):
-    """The :class:`~xmcviz.softmax.SoftmaxConfig` of ``train --first-label-only`` arguments."""
-    from .softmax import SoftmaxConfig
+    """The :class:`~xmcviz.softmax.trainer.SoftmaxConfig` of ``train --first-label-only`` arguments."""
+    from .softmax.trainer import SoftmaxConfig
     d = SoftmaxConfig()
     return SoftmaxConfig(
         data=args.data, train=args.train, test=args.test, data_seed=args.data_seed,
@@ -195,8 +195,8 @@ def softmax_config_from_args(args: argparse.Namespace):
 
 
 def run_train_softmax(args: argparse.Namespace) -> int:
-    """``xmcviz train --first-label-only``: the softmax setting of :mod:`xmcviz.softmax`."""
-    from .softmax import SoftmaxTrainer
+    """``xmcviz train --first-label-only``: the softmax setting of :mod:`xmcviz.softmax.trainer`."""
+    from .softmax.trainer import SoftmaxTrainer
 
     def build():
         if args.resume:
@@ -237,12 +237,12 @@ register_command("data", add_data_arguments, run_data, "summarise a dataset")
 
 # ------------------------------------------------------------------------- inspect, sweep
 def _add_inspect(p: argparse.ArgumentParser) -> None:
-    from .inspect import add_inspect_arguments
+    from .notebook.inspect import add_inspect_arguments
     add_inspect_arguments(p)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from .inspect import run_inspect_cli
+    from .notebook.inspect import run_inspect_cli
     try:
         return run_inspect_cli(args)
     except FileNotFoundError as e:

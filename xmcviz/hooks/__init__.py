@@ -9,7 +9,7 @@ from __future__ import annotations
 from .base import Hook, RunInfo, StepContext
 from .frequency import LabelFrequency
 from .gradient import GradientDominance
-from .metrics import MetricsLog
+from .metrics_log import MetricsLog
 from .ranks import NegativeRanks
 
 HOOKS: dict[str, type[Hook]] = {

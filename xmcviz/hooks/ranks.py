@@ -2,7 +2,7 @@
 
 For the probe rows of a batch, each sampled negative's rank among all L labels
 under the *current* model (1 = highest score) is computed exactly — full
-scores for the probe rows only, chunked over labels (``xmcviz.topk``).  This is
+scores for the probe rows only, chunked over labels (``xmcviz.core.topk``).  This is
 what shows MIPS-a's negatives drifting to easy ranks as its index goes stale
 (SPEC section 3.4).
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..samplers.base import SOURCE_NAMES
-from ..topk import true_ranks
+from ..core.topk import true_ranks
 from .base import StepContext
 from .recording import RecordingHook, interval_fields, to_numpy
 

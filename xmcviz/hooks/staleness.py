@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers.faiss_index import MipsIndex
-from ..topk import topk_labels
+from ..core.topk import topk_labels
 from .base import StepContext
 from .recording import RecordingHook, interval_fields
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 # JSON lines are shared with the run directory (metrics.jsonl): one implementation.
-from ..rundir import (JsonlWriter, atomic_write_bytes, read_jsonl,  # noqa: F401 (re-exported)
+from ..core.rundir import (JsonlWriter, atomic_write_bytes, read_jsonl,  # noqa: F401 (re-exported)
                       truncate_jsonl)
 
 

@@ -60,7 +60,7 @@ def _frequency(cfg: SamplerConfig) -> FrequencySampler:
 def _adversarial(cfg: SamplerConfig) -> NegativeSampler:
     if cfg.dataset is None:
         raise ValueError("sampler 'adversarial' needs dataset= (its X_train, Y_train fit the tree p_n)")
-    from .adversarial import AdversarialSampler, fit_adversarial_sampler
+    from .adversarial.sampler import AdversarialSampler, fit_adversarial_sampler
     if cfg.state is not None:  # resuming: the checkpoint's PCA + tree, no refit
         return AdversarialSampler.from_state_dict(cfg.state, cfg.dataset.X_train, device=cfg.device)
     # Fits PCA + label tree on the training data.

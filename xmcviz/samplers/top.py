@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..topk import topk_labels
+from ..core.topk import topk_labels
 from .base import SOURCE_EXACT, Negatives, NegativeSampler, Positives
 from .ops import positives_on
 
@@ -28,7 +28,7 @@ def exact_hardest(emb: torch.Tensor, positives: Positives, W: torch.Tensor | Non
 class TopSampler(NegativeSampler):
     """The R hardest negatives per row, by exhaustive scoring of the live model.
 
-    Pure torch (chunked matmul + running top-k, :func:`xmcviz.topk.topk_labels`),
+    Pure torch (chunked matmul + running top-k, :func:`xmcviz.core.topk.topk_labels`),
     O(B L d) per step: the exact counterpart of MIPS-a without staleness or
     approximation.  Needs ``W`` (and ``bias``, if the model has one) in
     :meth:`sample`; nothing to refresh.

@@ -1,4 +1,4 @@
-"""numba kernels behind :mod:`xmcviz.cpu_kernels` (imported only when used).
+"""numba kernels behind :mod:`xmcviz.core.fast.cpu_kernels` (imported only when used).
 
 Module-level so that numba's on-disk cache serves later processes (a kernel compiled inside a
 function is compiled again in every process, about 0.7 s).  ``error_model="numpy"`` drops

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import kernels_available, row_sums
-from .validation import check_choice, check_float, check_int
+from .fast.cpu_kernels import kernels_available, row_sums
+from ..validation import check_choice, check_float, check_int
 
 __all__ = ["LinearEncoder", "MLPEncoder", "XMCModel", "build_model", "MODEL_NAMES",
            "SCORE_PATHS"]
@@ -129,7 +129,7 @@ def _row_gradient(ids: torch.Tensor, grad: torch.Tensor, emb: torch.Tensor,
     the row gradients are then ``A @ emb``, a sparse-dense product that never materialises
     the ``[B K, d]`` per-entry gradients, and the result is already coalesced (the optimiser
     skips its own sort).  On the CPU a numba kernel does the same with one numpy sort and one
-    pass (:func:`xmcviz.cpu_kernels.row_sums`: at L = 1M, 0.9 ms instead of 4-12 ms, most of
+    pass (:func:`xmcviz.core.fast.cpu_kernels.row_sums`: at L = 1M, 0.9 ms instead of 4-12 ms, most of
     which is the sparse product zero-filling and copying its [U, d] result)."""
     if ids.device.type == "cpu":
         grad, emb = grad.contiguous(), emb.contiguous()  # no copies in the usual case

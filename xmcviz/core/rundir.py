@@ -195,7 +195,7 @@ def environment_info(device: torch.device | str | None = None) -> dict:
         faiss_version = getattr(faiss, "__version__", "unknown")
     except Exception:  # faiss is optional for samplers that do not need it
         faiss_version = None
-    from . import __version__
+    from .. import __version__
 
     info = {
         "python": sys.version.split()[0],

@@ -1,7 +1,7 @@
 """A teaching panel: ipywidgets controls, a Train button and live figures (the tour notebook).
 
 Clicking Train reads the controls, asks ``make_run(values)`` for a ``(label, TrainConfig)``
-and trains it in an :class:`~xmcviz.experiment.Experiment`; every click adds a run, so the
+and trains it in an :class:`~xmcviz.notebook.experiment.Experiment`; every click adds a run, so the
 figures compare the settings tried so far.  Training runs in the kernel inside the button
 callback; outputs of a callback belong to no cell, so each figure draws into its own
 ``ipywidgets.Output`` (redrawn in place, throttled).
@@ -21,14 +21,14 @@ from typing import Callable, Mapping
 import plotly.graph_objects as go
 
 from .experiment import Experiment, RunResult
-from .trainer import TrainConfig
+from ..core.trainer import TrainConfig
 
 
 class TrainPanel:
     """Controls + Train button + live figures; ``widget`` is what to display.
 
     ``controls``: name -> an ipywidgets value widget (its ``value`` goes to ``make_run``).
-    ``figures``: name -> ``build(experiment)`` (see :mod:`xmcviz.views`).  ``hooks``: the
+    ``figures``: name -> ``build(experiment)`` (see :mod:`xmcviz.notebook.views`).  ``hooks``: the
     instruments' :func:`~xmcviz.hooks.make_hooks` spec.  ``live``: draw (False in tests).
     ``inline``: draw in the calling cell instead of in Output widgets (see the module doc).
     """

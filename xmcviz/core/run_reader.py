@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .hooks.storage import read_jsonl, read_records
-from .samplers.base import SOURCE_NAMES
+from ..hooks.storage import read_jsonl, read_records
+from ..samplers.base import SOURCE_NAMES
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""Figures of an :class:`~xmcviz.experiment.Experiment`, as ``build(experiment)`` functions.
+"""Figures of an :class:`~xmcviz.notebook.experiment.Experiment`, as ``build(experiment)`` functions.
 
 Each takes the experiment (whose runs may still be training) and returns a plotly figure
-from :mod:`xmcviz.plots`; they are what notebooks pass to ``Experiment.add_figure``.  Before
+from :mod:`xmcviz.notebook.plots`; they are what notebooks pass to ``Experiment.add_figure``.  Before
 any run has data they return the figure with its titles and no traces.
 """
 from __future__ import annotations

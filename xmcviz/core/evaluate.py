@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from .topk import topk_labels
-from .validation import check_int
+from ..validation import check_int
 
 __all__ = ["inv_propensity", "evaluate", "predict_topk"]
 
@@ -182,7 +182,7 @@ def predict_topk(E: torch.Tensor | Iterable[torch.Tensor], W: torch.Tensor, k: i
 
     ``E`` is a dense tensor [N, d] or an iterable of dense [b, d] batches (e.g. embeddings produced
     batch by batch by an encoder); each batch is moved to ``W``'s device.  Rows are processed
-    ``row_batch`` at a time and labels ``label_chunk`` at a time (``xmcviz.topk.topk_labels``), so
+    ``row_batch`` at a time and labels ``label_chunk`` at a time (``xmcviz.core.topk.topk_labels``), so
     peak extra memory is about ``row_batch * (label_chunk + 2k)`` scores plus the [N, k] result;
     the [N, L] score matrix never exists.  Ordering is by score descending, then label id; which
     of several labels tied at the k-th score gets in follows ``torch.topk``.  Pass the result to

@@ -65,7 +65,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_choice, check_float, check_int
+from ...validation import check_choice, check_float, check_int
 
 PAIRS = ("first", "all")
 

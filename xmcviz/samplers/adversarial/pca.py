@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..validation import check_int
+from ...validation import check_int
 
 
 class SparsePCA:

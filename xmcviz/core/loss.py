@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .samplers.base import Negatives, Positives
-from .validation import check_float
+from ..samplers.base import Negatives, Positives
+from ..validation import check_float
 
 __all__ = ["sampled_bce", "LossOutput", "model_loss"]
 
@@ -49,7 +49,7 @@ def model_loss(model, emb: torch.Tensor, positives: Positives, negatives: Negati
 
     One call (ids ``[B, P + R]``) so the unique-ids path gathers each label row once even
     when it is a positive of one row and a negative of another.  Masked entries are scored
-    without gradient (see :meth:`xmcviz.models.XMCModel.score`), so only the rows of ``W``
+    without gradient (see :meth:`xmcviz.core.models.XMCModel.score`), so only the rows of ``W``
     that enter the loss get a gradient.
     """
     P = positives.ids.shape[1]

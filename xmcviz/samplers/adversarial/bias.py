@@ -3,7 +3,7 @@
 A model trained with negatives drawn from p_n learns (at the optimum of the
 negative-sampling loss) ``score = log p(y|x) - log p_n(y|x)`` up to a per-row
 constant, so the unbiased ranking adds ``log p_n(y|x)`` back (Bamler & Mandt,
-ICLR 2020; SPEC section 4).  Used by :meth:`xmcviz.trainer.Trainer.evaluate`
+ICLR 2020; SPEC section 4).  Used by :meth:`xmcviz.core.trainer.Trainer.evaluate`
 for any sampler that provides ``log_pn_all``.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import scipy.sparse as sp
 import torch
 
-from ..validation import check_int
+from ...validation import check_int
 
 #: Elements of one [rows, L] score block (float32: 64 MB).
 BLOCK_ELEMS = 1 << 24
@@ -56,12 +56,12 @@ def raw_and_debiased_topk(embed: Callable[[sp.csr_matrix], torch.Tensor], X: sp.
     """``(raw, debiased)`` top-``k`` ids [N, k] in one pass over the rows: each row block is
     embedded once.
 
-    ``raw`` ranks ``embed(X) @ W.T + bias`` with :func:`xmcviz.topk.topk_labels`, as
-    :func:`xmcviz.metrics.predict_topk` does (same order and ties); ``debiased`` equals
+    ``raw`` ranks ``embed(X) @ W.T + bias`` with :func:`xmcviz.core.topk.topk_labels`, as
+    :func:`xmcviz.core.evaluate.predict_topk` does (same order and ties); ``debiased`` equals
     :func:`debiased_topk` (same [rows, L] blocks).  Rows are embedded ``row_batch`` at a time,
     rounded down to whole score blocks.
     """
-    from ..topk import topk_labels
+    from ...core.topk import topk_labels
     L = int(W.shape[0])
     k = check_int("k", k, 1, L)
     rows = _score_rows(row_batch, L)

@@ -2,9 +2,9 @@
 
 Bamler & Mandt's argument for the adversarial sampler: the closer the proposal q is to the
 data distribution, the higher the signal-to-noise ratio of the sampled gradient.  This
-module applies :func:`xmcviz.gradient_snr.gradient_snr` (exact mean and variance
+module applies :func:`xmcviz.softmax.gradient_snr.gradient_snr` (exact mean and variance
 estimates over ``num_draws`` draws, the loss of SPEC section 4, ``reg`` for the adversarial
-proposal only) to the three proposals of a :class:`~xmcviz.softmax.SoftmaxTrainer`'s data,
+proposal only) to the three proposals of a :class:`~xmcviz.softmax.trainer.SoftmaxTrainer`'s data,
 at given parameters (default: the trainer's current ones).
 """
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..gradient_snr import DrawFn, gradient_snr
+from .gradient_snr import DrawFn, gradient_snr
 from ..validation import check_int
 from .proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
 
 
 def as_snr_proposal(prop: Proposal, rows: torch.Tensor) -> DrawFn:
     """Adapt a :class:`Proposal` on the training rows ``rows`` [B] to gradient_snr's
-    ``draw(S, generator) -> (ids [S, B], log_q float64 [S, B])`` (:data:`~xmcviz.gradient_snr.DrawFn`)."""
+    ``draw(S, generator) -> (ids [S, B], log_q float64 [S, B])`` (:data:`~xmcviz.softmax.gradient_snr.DrawFn`)."""
     def draw(S: int, generator: torch.Generator | None = None):
         ids, lq = prop.sample(rows.repeat(S), generator)  # row-major: draw s holds rows[s*B:(s+1)*B]
         B = rows.shape[0]
@@ -38,7 +38,7 @@ def snr_comparison(trainer, *, W: torch.Tensor | None = None, b: torch.Tensor | 
     parameters and seed serve every proposal.  ``proposals`` defaults to uniform, frequency
     (first-label counts) and the trainer's tree when it has one (adversarial / NCE runs).
     ``debiased_params``: ``W``, ``b`` are the bias-removed model ``s = xi + log q``, shared by
-    all proposals (see :func:`~xmcviz.gradient_snr.gradient_snr`).
+    all proposals (see :func:`~xmcviz.softmax.gradient_snr.gradient_snr`).
     """
     probe_size = check_int("probe_size", probe_size, 1)
     check_int("num_draws", num_draws, 2)

@@ -33,12 +33,12 @@ from typing import Callable
 
 import torch
 
-from .validation import check_float, check_int
+from ..validation import check_float, check_int
 
 #: ``proposal(num_draws, generator) -> (ids int64 [S, B], log_q [S, B])``: one
 #: negative per probe row per draw, with its log-probability under q (a
-#: :class:`xmcviz.adversarial.proposals.Proposal` becomes one through
-#: :func:`xmcviz.adversarial.snr.as_snr_proposal`).
+#: :class:`xmcviz.softmax.proposals.Proposal` becomes one through
+#: :func:`xmcviz.softmax.snr.as_snr_proposal`).
 DrawFn = Callable[[int, "torch.Generator | None"], "tuple[torch.Tensor, torch.Tensor]"]
 
 

@@ -176,7 +176,7 @@ class LiveData:
         return pd.DataFrame(self._scalars.get(key, []))
 
     def records(self, key: str) -> pd.DataFrame:
-        from .runs import with_source_names
+        from ..core.run_reader import with_source_names
 
         parts = self._arrays.get(key)
         if not parts:

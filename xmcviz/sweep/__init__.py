@@ -562,7 +562,7 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
 def json_safe(v: Any) -> Any:
     """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists.
 
-    Results files (``results.json``, written by :class:`xmcviz.experiment.Experiment`) and
+    Results files (``results.json``, written by :class:`xmcviz.notebook.experiment.Experiment`) and
     the results table go through it, so both hold strict JSON."""
     import numpy as np  # here: `xmcviz sweep` starts without numpy
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .analysis import rank_medians_by_phase, top_negative_labels
-from .runs import load_run
+from ..core.run_reader import load_run
 
 
 def summarise_run(path: str | Path, top: int = 10) -> str:

@@ -83,7 +83,7 @@ class FrequencyProposal(Proposal):
 
 
 class TreeProposal(Proposal):
-    """q = p_n(y|x) of a fitted :class:`~xmcviz.samplers.adversarial.AdversarialSampler`."""
+    """q = p_n(y|x) of a fitted :class:`~xmcviz.samplers.adversarial.sampler.AdversarialSampler`."""
 
     name = "tree"
 

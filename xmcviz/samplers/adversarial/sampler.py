@@ -3,7 +3,7 @@
 Negatives are drawn from an auxiliary model p_n(y|x) that is fitted once,
 before training, on the training data: a PCA of the inputs to k dims and a
 balanced binary label tree with a logistic regression at every internal node
-(:mod:`xmcviz.adversarial.tree` documents the model and its greedy top-down
+(:mod:`xmcviz.samplers.adversarial.tree` documents the model and its greedy top-down
 fit).  Draws are ancestral, O(k log L) each.  Because p_n imitates the data
 distribution, the negatives are hard ones, and the main model only has to
 learn the correction to p_n: at prediction the unbiased score is
@@ -19,11 +19,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..adversarial.pca import SparsePCA
-from ..adversarial.tree import PAIRS, LabelTree, fit_label_tree, training_pairs
-from ..validation import check_choice, check_float, check_int
-from .base import SOURCE_ADVERSARIAL, NegativeSampler, Negatives, Positives
-from .ops import first_occurrence, positives_on
+from .pca import SparsePCA
+from .tree import PAIRS, LabelTree, fit_label_tree, training_pairs
+from ...validation import check_choice, check_float, check_int
+from ..base import SOURCE_ADVERSARIAL, NegativeSampler, Negatives, Positives
+from ..ops import first_occurrence, positives_on
 
 
 class AdversarialSampler(NegativeSampler):

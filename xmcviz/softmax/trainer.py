@@ -2,7 +2,7 @@
 
 Bamler & Mandt (ICLR 2020; SPEC section 4) reduce a multi-label dataset to multi-class
 classification on the first label of each row (the smallest label id, as in
-:func:`xmcviz.adversarial.training_pairs`), train linear scores
+:func:`xmcviz.samplers.adversarial.training_pairs`), train linear scores
 ``xi_y(x) = x . w_y + b_y`` with ONE negative ``y' ~ q(.|x)`` per positive ``(x, y)``, and
 compare proposals q:
 
@@ -40,10 +40,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from .adversarial.proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
-from .adversarial.tree import training_pairs
-from .rundir import JsonlWriter, RunDir, environment_info
-from .validation import check_choice, check_float, check_int
+from .proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
+from ..samplers.adversarial.tree import training_pairs
+from ..core.rundir import JsonlWriter, RunDir, environment_info
+from ..validation import check_choice, check_float, check_int
 
 __all__ = ["SOFTMAX_METHODS", "SoftmaxConfig", "SoftmaxTrainer", "pair_loss", "sparse_pair_scores",
            "first_labels", "evaluate_first_label"]
@@ -61,7 +61,7 @@ class SoftmaxConfig:
     ``epochs``, ``seed``; ``adv_dims`` (PCA dims k of the tree, adversarial and NCE);
     ``eval_every_steps`` (besides step 0 and every epoch end), ``eval_batch_size``;
     ``device`` (``auto`` = CUDA when present), ``out`` (run directory or None), ``overwrite``,
-    ``progress``.  Data as in :class:`xmcviz.trainer.TrainConfig`.
+    ``progress``.  Data as in :class:`xmcviz.core.trainer.TrainConfig`.
     """
 
     data: str | None = None
@@ -92,7 +92,7 @@ class SoftmaxConfig:
 
     def validate(self) -> "SoftmaxConfig":
         """Check every setting; ``ValueError`` naming the value and the allowed range."""
-        from .trainer import resolve_device
+        from ..core.trainer import resolve_device
         check_choice("sampler", self.sampler, SOFTMAX_METHODS)
         check_float("lr", self.lr, 0.0, low_inclusive=False)
         check_float("reg", self.reg, 0.0)
@@ -216,7 +216,7 @@ class SoftmaxTrainer:
     """
 
     def __init__(self, config: SoftmaxConfig, dataset: Any = None) -> None:
-        from .trainer import Trainer, resolve_device, steps_per_epoch
+        from ..core.trainer import Trainer, resolve_device, steps_per_epoch
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.dataset = dataset if dataset is not None else Trainer._load_data(config)
@@ -262,7 +262,7 @@ class SoftmaxTrainer:
             return UniformProposal(self.num_labels, self.device)
         if c.sampler == "frequency":
             return FrequencyProposal(np.bincount(self.train_y, minlength=self.num_labels), self.device)
-        from .samplers.adversarial import fit_adversarial_sampler
+        from ..samplers.adversarial.sampler import fit_adversarial_sampler
         k = check_int("adv_dims", c.adv_dims, 1, min(self.X_train.shape))
         t0 = time.perf_counter()
         s = fit_adversarial_sampler(self.X_train, sp.csr_matrix(self.dataset.Y_train), 1, k=k,
@@ -315,7 +315,7 @@ class SoftmaxTrainer:
         """``acc``/``loglik`` of the method's predictor, ``_raw`` of ``xi``, ``_aux`` of q alone."""
         X, y, rb = self.X_test_lab, self.test_y, self.config.eval_batch_size
         WT = self.W.T.contiguous()  # once per evaluation, not per block
-        from .trainer import csr_to_torch
+        from ..core.trainer import csr_to_torch
         score = lambda Xb: torch.sparse.mm(csr_to_torch(Xb, self.device), WT) + self.b  # noqa: E731
         if self._test_log_q is None:  # the proposal is fixed: log q of the test set once
             small = X.shape[0] * self.num_labels <= (1 << 26)  # else recomputed per block
@@ -351,7 +351,7 @@ class SoftmaxTrainer:
         """Train for ``config.epochs`` epochs; returns the last evaluation record."""
         from tqdm.auto import tqdm
 
-        from .trainer import epoch_permutation
+        from ..core.trainer import epoch_permutation
         if self._started:
             raise RuntimeError("train() was already called on this SoftmaxTrainer: build a new one")
         self._started = True
@@ -376,7 +376,7 @@ class SoftmaxTrainer:
                     loss = self.train_step(order[i * B:(i + 1) * B])
                     self.time_s += time.perf_counter() - t0
                     if not math.isfinite(loss):
-                        from .trainer import TrainingDiverged
+                        from ..core.trainer import TrainingDiverged
                         raise TrainingDiverged(f"training diverged: loss={loss} at step {self.step}")
                     self.step += 1
                     self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1

@@ -2,7 +2,7 @@
 
 Builders take plain data (a DataFrame of evaluation records per run, dicts of final
 records, SNR records) and return ``plotly.graph_objects.Figure`` objects; colours follow
-:data:`xmcviz.plots.SAMPLER_COLOURS`.
+:data:`xmcviz.notebook.plots.SAMPLER_COLOURS`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .plots import colour_for
-from .validation import check_choice
+from ..notebook.plots import colour_for
+from ..validation import check_choice
 
 X_AXES = {"time_s": "training time (s)", "step": "step", "epoch": "epoch"}
 METRICS = {"acc": "accuracy (P@1)", "loglik": "log-likelihood per test row"}

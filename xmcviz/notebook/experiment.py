@@ -12,8 +12,8 @@ What a notebook does, as a small tested object::
 
 Every run gets fresh hooks built from the ``hooks`` spec (:func:`xmcviz.hooks.make_hooks`)
 plus a :class:`~xmcviz.hooks.MetricsLog`; their records reach the run's
-:class:`~xmcviz.live.LiveData` through the hooks' subscribers, and every record gives the
-figures a chance to redraw.  All figures share one :class:`~xmcviz.live.Throttle`, so
+:class:`~xmcviz.notebook.live.LiveData` through the hooks' subscribers, and every record gives the
+figures a chance to redraw.  All figures share one :class:`~xmcviz.notebook.live.Throttle`, so
 drawing stays within ``budget`` of the wall-clock time whatever the number of figures.
 Datasets are loaded once per ``(data, data_seed)`` and shared between runs.
 """
@@ -28,12 +28,12 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import plotly.graph_objects as go
 
-from .hooks import MetricsLog, make_hooks
+from ..hooks import MetricsLog, make_hooks
 from .live import LiveData, LiveFigure, Throttle
 from .plots import figure_data
-from .rundir import atomic_write_bytes
-from .sweep import RESULTS_FILE, json_safe  # results.json is the contract with `xmcviz sweep`
-from .trainer import TrainConfig, Trainer
+from ..core.rundir import atomic_write_bytes
+from ..sweep import RESULTS_FILE, json_safe  # results.json is the contract with `xmcviz sweep`
+from ..core.trainer import TrainConfig, Trainer
 
 
 @dataclass

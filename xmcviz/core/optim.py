@@ -2,14 +2,14 @@
 
 A step touches only the U distinct rows in the gradient (at most B (P + R) of them, whatever L
 is): the gradient is coalesced with one sort of its row ids (or used as is when the model
-already produced it coalesced, as :class:`xmcviz.models.XMCModel` does), the touched rows of
+already produced it coalesced, as :class:`xmcviz.core.models.XMCModel` does), the touched rows of
 both moments are gathered, updated densely and written back, and the step is ``index_add_``ed
 into the parameter.  Nothing of size L is allocated or scanned after the first step (which
 allocates the two moment matrices, as SparseAdam does).
 
 At large L the touched rows are scattered over matrices far larger than the caches, so a step
 is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  On the CPU the
-update runs as one fused, vectorised pass (:mod:`xmcviz.cpu_kernels`, numba): 11.5 ms instead
+update runs as one fused, vectorised pass (:mod:`xmcviz.core.fast.cpu_kernels`, numba): 11.5 ms instead
 of 31 ms for the five torch passes below at L = 1M in the step benchmark.  The torch ops remain the path
 on CUDA, for float64, and without numba.  An interleaved ``[L, 2, d]`` moment buffer was
 measured and not kept: the page walk it saves is lost again in elementwise ops on strided
@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .cpu_kernels import fused_adam_rows, kernels_available
+from .fast.cpu_kernels import fused_adam_rows, kernels_available
 
 __all__ = ["RowSparseAdam", "coalesce_rows"]
 
@@ -49,7 +49,7 @@ class RowSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
 
     For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`); on the CPU
-    update the touched rows in one fused pass (:func:`xmcviz.cpu_kernels.fused_adam_rows`);
+    update the touched rows in one fused pass (:func:`xmcviz.core.fast.cpu_kernels.fused_adam_rows`);
     otherwise gather the touched rows of the two moments (``index_select``), update them
     densely (``lerp_`` / ``addcmul_``), write them back (``index_copy_``) and ``index_add_``
     the bias-corrected step into the parameter.  Rows not in the gradient are neither read
