@@ -1,15 +1,23 @@
-"""Adversarial vs uniform / frequency / NCE in the first-label softmax setting (prints JSON).
+"""Adversarial vs full / uniform / frequency / NCE in the first-label softmax setting (prints JSON).
 
     python benchmarks/adversarial_vs_uniform.py --data synthetic:eurlex-like --epochs 4
-    python benchmarks/adversarial_vs_uniform.py --data ../shared/data/Delicious --epochs 4
+    python benchmarks/adversarial_vs_uniform.py --data DATA/Delicious --epochs 4
 
-For each method (``adversarial``, ``uniform``, ``frequency``, ``nce``, plus any
-``METHOD@LR`` extra), one training run of :class:`xmcviz.softmax.trainer.SoftmaxTrainer` with the
+``--data`` takes anything :func:`xmcviz.data.resolve` does: a synthetic preset
+(``synthetic:NAME``, no download) or a folder holding a real dataset, downloaded by the user from
+the Extreme Classification Repository (http://manikvarma.org/downloads/XC/XMLRepository.html,
+bag-of-words text format) or Mulan (https://mulan.sourceforge.net/datasets-mlc.html, sparse ARFF).
+DATA below stands for the folder where you put the datasets.
+
+For each method (``full``, ``adversarial``, ``uniform``, ``frequency``, ``nce``, plus any
+``METHOD@LR`` extra, e.g. ``uniform@0.01``), one training run of :class:`xmcviz.softmax.trainer.SoftmaxTrainer` with the
 same seed, batch size and evaluation schedule; reported per run: the curve (step,
 training seconds, acc, loglik, raw and aux variants), the tree's fit time, and the
 first step / training time / time including the fit at which ``acc`` reaches each
 target (``reach``: fractions of the best accuracy uniform sampling reached;
-``reach_abs``: absolute accuracies).  Then:
+``reach_abs``: absolute accuracies).  ``aux_only``: the tree alone (the adversarial run's
+``acc_aux``, the proposal it samples from and adds to its scores), the row that shows how much of
+adversarial's accuracy is the tree's.  Then:
 
 - ``step_cost``: milliseconds per training step of each method, measured interleaved
   (round-robin over methods, ``--cost-repeats`` rounds of ``--cost-steps`` steps, median),
@@ -51,12 +59,14 @@ def _parse_method(spec: str, default_lr: float) -> tuple[str, str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="synthetic:eurlex-like")
-    ap.add_argument("--methods", default="adversarial,uniform,frequency,nce",
+    ap.add_argument("--data", default="synthetic:eurlex-like",
+                    help="synthetic:NAME, or a dataset folder (XC text format from the Extreme Classification "
+                         "Repository, or Mulan ARFF)")
+    ap.add_argument("--methods", default="full,adversarial,uniform,frequency,nce",
                     help="comma-separated METHOD or METHOD@LR")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=SoftmaxConfig.lr, help="Adagrad step size")
     ap.add_argument("--reg", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--targets", default="0.5,0.8,0.95,1.0",
@@ -133,13 +143,34 @@ def main(argv: list[str] | None = None) -> dict:
                                                   num_draws=a.snr_draws, seed=a.seed,
                                                   debiased_params=deb)]
 
+    if adv is not None:  # the tree alone: the same number at every evaluation
+        runs["aux_only"] = {"method": "aux_only", "fit_s": round(adv.fit_s, 3),
+                            "final": {"acc": adv.history[-1]["acc_aux"],
+                                      "loglik": adv.history[-1]["loglik_aux"]}}
     out = {"data": a.data, "dataset": getattr(ds, "name", None), "num_labels": int(ds.num_labels),
            "train_rows": int(adv.train_rows.size if adv else 0), "epochs": a.epochs,
            "batch_size": a.batch_size, "eval_every": a.eval_every, "threads": a.threads,
            "uniform_best_acc": base, "targets": targets, "step_cost_ms_median_interleaved": step_cost,
            "runs": runs, "snr": snr}
     print(json.dumps(out))
+    print(markdown(out))
     return out
+
+
+def markdown(out: dict) -> str:
+    """Final accuracy and log-likelihood of every run (and the tree alone), with the accuracy
+    after each epoch."""
+    lines = [f"{out['dataset']} (L = {out['num_labels']}, {out['epochs']} epochs, batch {out['batch_size']})", "",
+             "| method | acc | acc (xi only) | loglik | train s | fit s | acc after each epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in out["runs"].items():
+        f = r["final"]
+        per_epoch = [c["acc"] for c in r.get("curve", []) if float(c["epoch"]).is_integer() and c["epoch"] > 0]
+        raw = f"{f['acc_raw']:.3f}" if "acc_raw" in f else ""
+        train = f"{f['time_s']:.1f}" if "time_s" in f else ""
+        lines.append(f"| {key} | {f['acc']:.3f} | {raw} | {f['loglik']:.3f} | {train} | {r['fit_s']:.1f} | "
+                     + " ".join(f"{v:.3f}" for v in per_epoch) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Rank drift of MIPS negatives within a refresh interval (SPEC 3.4, issue 4).
+"""Rank drift of MIPS negatives within a refresh interval (issue 4).
+
+See docs/background.md, section "Rank drift".
 
 Trains the mlp on the Eurlex-like preset with uniform, MIPS-s and MIPS-a negatives (R = 100;
 MIPS: one uniform warm-up epoch, then one index refresh per epoch, MIPS-s with k = 5) and the
@@ -80,7 +82,9 @@ def run_one(dataset, data: str, sampler: str, seed: int, out_dir: Path, args) ->
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="synthetic:eurlex-like")
+    ap.add_argument("--data", default="synthetic:eurlex-like",
+                    help="synthetic:NAME, or a dataset folder (XC text format from the Extreme Classification "
+                         "Repository, or Mulan ARFF)")
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=3)

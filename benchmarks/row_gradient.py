@@ -1,7 +1,7 @@
 """The label matrix's row gradient on the CPU: numba kernel versus torch's sparse product.
 
-Times ``xmcviz.core.models._row_gradient`` (the backward of a scored batch: the coalesced sparse
-gradient of W) on the step benchmark's shapes, B = 256 rows of K = 105 scored labels
+Times ``xmcviz.core.fast.score._row_gradient`` (the backward of a scored batch: the coalesced
+sparse gradient of W) on the step benchmark's shapes, B = 256 rows of K = 105 scored labels
 (5 positives + R = 100 negatives), d = 128, 2 % of the entries masked, ids uniform in
 [0, L), once with the numba kernel (``xmcviz.core.fast.cpu_kernels.row_sums``) and once with torch's
 path (``XMCVIZ_NUMBA=0``).  Prints one JSON line per L with the median ms of each and the
@@ -19,7 +19,7 @@ import time
 import torch
 
 from _jsonl import JsonLines  # benchmarks/ is on sys.path when a script runs
-from xmcviz.core.models import _row_gradient
+from xmcviz.core.fast.score import _row_gradient
 
 B, K, DIM = 256, 105, 128
 

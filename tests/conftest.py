@@ -3,15 +3,17 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("XMCVIZ_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+#: A folder holding real datasets (Delicious/, Bibtex/, ... as downloaded from Mulan or the
+#: Extreme Classification Repository); tests that need one skip when it is not set.
+DATA_ENV = "XMCVIZ_DATA"
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The read-only development datasets beside the repo; skip when absent."""
-    d = SHARED / "data"
-    if not d.is_dir():
-        pytest.skip("../shared/data not present")
+    """The folder of real datasets named by ``$XMCVIZ_DATA`` (read-only); skip when absent."""
+    d = Path(os.environ.get(DATA_ENV, "")).expanduser()
+    if not os.environ.get(DATA_ENV) or not d.is_dir():
+        pytest.skip(f"real datasets not available: set {DATA_ENV} to a folder holding Delicious/ and Bibtex/")
     return d
 
 
@@ -29,6 +31,22 @@ def count_calls(monkeypatch):
         monkeypatch.setattr(module, name, counted)
         return calls
     return spy
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real run directory, read-only for tests: one epoch of MIPS-s on ``synthetic:tiny`` (8 steps,
+    an index refresh every 4, an evaluation every 4) with the ranks, freq, grad and staleness hooks.
+    Returns ``(path, trainer)``."""
+    from xmcviz.core.trainer import TrainConfig, Trainer
+    from xmcviz.hooks import make_hooks
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = TrainConfig(data="synthetic:tiny", model="mlp", hidden=16, sampler="mips-s", negatives=10,
+                      mips_k=3, refreshes_per_epoch=2, batch_size=128, epochs=1, lr=0.01,
+                      eval_every_steps=4, device="cpu", progress=False, seed=0, out=str(out))
+    trainer = Trainer(cfg, hooks=make_hooks("ranks:1,freq,grad:4,staleness:1"))
+    trainer.train()
+    return out, trainer
 
 
 def pytest_configure(config):

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from xmcviz.cli import COMMANDS, build_parser, main, register_command
+from xmcviz import data
+from xmcviz.cli import COMMANDS, Command, main
 from xmcviz.core.rundir import read_jsonl
 
 
@@ -95,29 +96,16 @@ def test_train_with_files(tmp_path, capsys):
 def test_data_command(capsys):
     assert main(["data", "synthetic:tiny", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary == json.loads(json.dumps(data.resolve("synthetic:tiny").summary()))
     assert summary["labels"] == 64 and summary["train_rows"] == 1000
+    assert main(["data", "synthetic:tiny", "--seed", "1", "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["labels"] == 64 and other != summary  # --seed reaches the generator
     assert main(["data", "tiny"]) == 0
-    assert "labels" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert all(key in table for key in summary) and "1000" in table
     assert main(["data", "no-such-dataset-xyz"]) == 2
-
-
-def test_subcommands_are_pluggable(capsys):
-    seen = {}
-
-    def add(p):
-        p.add_argument("run_dir")
-
-    def run(args):
-        seen["dir"] = args.run_dir
-        return 0
-
-    register_command("inspect-test", add, run, "test command")
-    try:
-        assert main(["inspect-test", "somewhere"]) == 0
-        assert seen == {"dir": "somewhere"}
-    finally:
-        del COMMANDS["inspect-test"]
-    assert "inspect-test" not in build_parser().format_help()
+    assert "no-such-dataset-xyz" in capsys.readouterr().err
 
 
 def test_python_m_xmcviz_entry_point(tmp_path):
@@ -128,3 +116,71 @@ def test_python_m_xmcviz_entry_point(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
     assert "nprobe=100 is out of range" in r.stderr and "Traceback" not in r.stderr
+
+
+BASE = ["train", "--data", "synthetic:tiny", "--epochs", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, named", [
+    # the first-label softmax mode has no model, R, MIPS, hooks or resume
+    (["--first-label-only", "--model", "linear"], "--model not supported with --first-label-only"),
+    (["--first-label-only", "-R", "5", "--mips-k", "2", "--nprobe", "2", "--hooks", "none"],
+     "--negatives, --mips-k, --nprobe, --hooks not supported with --first-label-only"),
+    (["--first-label-only", "--hidden", "8", "--dense-updates", "--warmup-epochs", "1"],
+     "--hidden, --warmup-epochs, --dense-updates not supported"),
+    (["--first-label-only", "--resume"], "--resume not supported with --first-label-only"),
+    # and the multi-label mode has no softmax regulariser or tree dims
+    (["--reg", "0.1", "--adv-dims", "4"], "--reg, --adv-dims only supported with --first-label-only"),
+    # settings the chosen sampler does not read
+    (["--mips-k", "3"], "mips_k=3 not supported with sampler='uniform'"),
+    (["--sampler", "uniform", "--nprobe", "2", "--refresh-every", "5"],
+     "nprobe=2 not supported with sampler='uniform': allowed with sampler mips-a or mips-s; "
+     "refresh_every=5 not supported with sampler='uniform'"),
+    (["--model", "linear", "--hidden", "8"], "hidden=8 not supported with model='linear'"),
+    (["--sampler", "mips-a", "--mips-k", "3"], "mips_k=3 not supported with sampler='mips-a'"),
+    (["--sampler", "top", "--clusters", "4"], "clusters=4 not supported with sampler='top'"),
+    (["--sampler", "full", "-R", "5"], "negatives=5 not supported with sampler='full'"),
+])
+def test_settings_the_mode_or_sampler_does_not_read_are_refused(tmp_path, capsys, extra, named):
+    out = tmp_path / "run"
+    assert main(BASE + ["--out", str(out)] + extra) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_settings_the_sampler_reads_are_accepted(tmp_path, capsys):
+    argv = BASE + ["--sampler", "mips-s", "-R", "8", "--mips-k", "3", "--clusters", "4",
+                   "--nprobe", "2", "--refreshes-per-epoch", "2", "--warmup-epochs", "1",
+                   "--hooks", "none", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["mips_k"], cfg["clusters"], cfg["nprobe"], cfg["refreshes_per_epoch"]) == (3, 4, 2, 2)
+
+
+def test_every_command_is_listed_and_answers_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert set(COMMANDS) == {"train", "data", "inspect", "sweep"}
+    for name, cmd in COMMANDS.items():
+        assert f"{name} {cmd.help}" in listing
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: xmcviz {name}")
+
+
+def test_a_command_is_an_entry_of_COMMANDS(monkeypatch):
+    seen = {}
+
+    def add(p):
+        p.add_argument("run_dir")
+
+    def run(args):
+        seen["dir"] = args.run_dir
+        return 0
+
+    monkeypatch.setitem(COMMANDS, "inspect-test", Command(add, run, "test command"))
+    assert main(["inspect-test", "somewhere"]) == 0
+    assert seen == {"dir": "somewhere"}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import xmcviz.core.models
+import xmcviz.core.fast.score
 from xmcviz.core.fast.cpu_kernels import kernels_available, row_sums
-from xmcviz.core.models import _row_gradient
+from xmcviz.core.fast.score import _row_gradient
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
                                 reason="numba is not installed")
@@ -74,7 +74,7 @@ def test_ids_too_large_for_the_sort_keys_take_the_torch_path():
 
 @pytest.mark.parametrize("live_share", [None, 0.6])
 def test_model_row_gradient_same_on_both_paths(live_share, monkeypatch, count_calls):
-    calls = count_calls(xmcviz.core.models, "row_sums")
+    calls = count_calls(xmcviz.core.fast.score, "row_sums")
     ids, coef, emb, live = _case(5, 128, 30, 5000, 24, live_share)
     shape = torch.Size([5000, 24])
     monkeypatch.setenv("XMCVIZ_NUMBA", "1")
@@ -99,7 +99,7 @@ def test_float64_and_non_contiguous_inputs_take_the_torch_path():
 
 
 def test_non_contiguous_score_gradients_still_take_the_kernel(count_calls):
-    calls = count_calls(xmcviz.core.models, "row_sums")
+    calls = count_calls(xmcviz.core.fast.score, "row_sums")
     ids, coef, emb, _ = _case(2, 8, 6, 20, 4, None)
     g = _row_gradient(ids, coef.T.contiguous().T, emb.T.contiguous().T, None,
                       torch.Size([20, 4]))

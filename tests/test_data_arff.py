@@ -153,3 +153,62 @@ def test_xml_errors_name_the_xml_file(tmp_path):
     xml.write_text(XML)
     with pytest.raises(DataFormatError, match="num_labels=3"):
         read_arff(arff, xml=xml, num_labels=3)
+
+
+# ---------------------------------------------------------------- streaming in chunks
+def _many_rows(n: int = 400) -> str:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:
+            rows.append(",".join(str(int(v)) for v in rng.integers(0, 2, 5)))
+        else:
+            cols = np.sort(rng.choice(5, rng.integers(0, 4), replace=False))
+            vals = [f"{rng.integers(1, 9)}" if c < 3 else "1" for c in cols]
+            rows.append("{" + ", ".join(f"{c} {v}" for c, v in zip(cols, vals)) + "}")
+        if i % 50 == 7:
+            rows.append("% a comment")
+            rows.append("")
+    return HEADER + "\n".join(rows) + "\n\n"
+
+
+@pytest.mark.parametrize("chunk", [5, 100])
+def test_chunks_of_any_size_give_the_same_matrices(tmp_path, monkeypatch, chunk):
+    import xmcviz.data.xc_format as xc
+    p = write(tmp_path, _many_rows())
+    whole = read_arff(p, num_labels=2)
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", chunk)
+    part = read_arff(p, num_labels=2)
+    assert whole.X.shape == part.X.shape == (400, 3) and part.Y.shape == (400, 2)
+    for a, b in ((whole.X, part.X), (whole.Y, part.Y)):
+        assert (a != b).nnz == 0 and b.has_canonical_format
+        assert b.indices.dtype == b.indptr.dtype == np.int32
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_lines_are_right_across_chunks(tmp_path, monkeypatch, case):
+    import xmcviz.data.xc_format as xc
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", 4)  # a chunk boundary inside most lines
+    text, num_labels, line, words = BAD[case]
+    p = write(tmp_path, text, f"{case}.arff")
+    with pytest.raises(DataFormatError) as ei:
+        read_arff(p, num_labels=num_labels)
+    assert (ei.value.line, words in str(ei.value)) == (line, True)
+
+
+def test_error_in_a_later_chunk_names_its_line(tmp_path, monkeypatch):
+    import xmcviz.data.xc_format as xc
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", 64)
+    text = _many_rows()
+    lines = text.split("\n")
+    bad = len(lines) - 20
+    lines[bad] = "{0 1,0 2}"
+    p = write(tmp_path, "\n".join(lines))
+    with pytest.raises(DataFormatError, match=rf":{bad + 1}: duplicate column index 0"):
+        read_arff(p, num_labels=2)
+
+
+def test_progress_bar_on_request(tmp_path, capsys):
+    p = write(tmp_path, SPARSE, "bar-train.arff")
+    read_arff(p, num_labels=2, progress=True)
+    assert "bar-train.arff" in capsys.readouterr().err

@@ -168,3 +168,108 @@ def test_find_pair_errors(tmp_path):
         find_pair(lone)
     with pytest.raises(ValueError, match="train= and test="):
         load(train=lone)
+
+
+# ---------------------------------------------------------------- streaming, fast path
+def _tricky_file(tmp_path: Path, n_rows: int = 300, seed: int = 0) -> Path:
+    """Rows in every spelling the format allows: unsorted ids, explicit zeros, signs,
+    exponents, long and tiny values, leading zeros, tabs, CRLF, blank rows."""
+    rng = np.random.default_rng(seed)
+    spellings = ["{:.9g}", "{:.3e}", "{:+.2f}", "{:.20f}", "{:.1E}", "{:.6f}e-30", "{:.0f}."]
+    rows = []
+    for r in range(n_rows):
+        labels = rng.choice(20, rng.integers(0, 4), replace=False)
+        feats = rng.choice(50, rng.integers(0, 6), replace=False)
+        vals = rng.standard_normal(feats.size) * 10.0 ** rng.integers(-3, 4, feats.size)
+        vals[rng.random(feats.size) < 0.15] = 0
+        toks = []
+        for f, v in zip(feats, vals):
+            fid = f"00{f}" if rng.random() < 0.1 else str(f)
+            toks.append(f"{fid}:{spellings[rng.integers(len(spellings))].format(v)}")
+        sep = "\t" if rng.random() < 0.1 else " "
+        rows.append(",".join(map(str, labels)) + sep + " ".join(toks))
+    rows[5] = ""  # a blank row in the middle: no labels, no features
+    rows[6] = "1 3:123456789012345678901 4:-1e-320"  # exact only by the slow conversion
+    p = tmp_path / "tricky.txt"
+    p.write_bytes((f"{n_rows} 50 20\r\n" + "\r\n".join(rows) + "\r\n\r\n\n").encode())
+    return p
+
+
+def _same(a, b):
+    for m, n in ((a.X, b.X), (a.Y, b.Y)):
+        assert m.shape == n.shape and m.has_canonical_format and n.has_canonical_format
+        np.testing.assert_array_equal(m.indptr, n.indptr)
+        np.testing.assert_array_equal(m.indices, n.indices)
+        np.testing.assert_array_equal(m.data, n.data)  # float32, bit for bit
+
+
+def test_fast_path_and_numpy_path_agree(tmp_path, monkeypatch, count_calls):
+    import xmcviz.data.xc_format as xc
+    p = _tricky_file(tmp_path)
+    monkeypatch.setenv("XMCVIZ_NUMBA", "1")
+    fallbacks = count_calls(xc, "_parse_chunk_numpy")
+    fast = read_xc(p)
+    assert not fallbacks  # every spelling above is the kernel's
+    monkeypatch.setenv("XMCVIZ_NUMBA", "0")
+    _same(fast, read_xc(p))
+    assert fallbacks
+    assert fast.X[6].toarray()[0, 3] == np.float32(1.2345678901234568e20)
+    assert fast.X[6].nnz == 1  # -1e-320 rounds to zero in float32: dropped as a zero
+    assert fast.X[5].nnz == 0 and fast.Y[5].nnz == 0
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_chunks_of_any_size_give_the_same_matrices(tmp_path, monkeypatch, chunk):
+    import xmcviz.data.xc_format as xc
+    p = _tricky_file(tmp_path, seed=1)
+    whole = read_xc(p)
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", chunk)
+    _same(whole, read_xc(p))
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_lines_are_right_across_chunks(tmp_path, monkeypatch, case):
+    import xmcviz.data.xc_format as xc
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", 5)  # a chunk boundary inside most lines
+    text, line, words = BAD[case]
+    p = write(tmp_path, text, f"{case}.txt")
+    with pytest.raises(DataFormatError) as ei:
+        read_xc(p)
+    assert (ei.value.line, words in str(ei.value)) == (line, True)
+
+
+def test_errors_in_a_later_chunk_name_their_line(tmp_path, monkeypatch):
+    import xmcviz.data.xc_format as xc
+    monkeypatch.setattr(xc, "_CHUNK_BYTES", 256)
+    rows = [f"{i % 7} {i % 50}:1 {50 + i % 30}:0.5" for i in range(2000)]
+    rows[1500] = "3 7:1 7:2"
+    rows[1800] = "3 7:x"
+    p = write(tmp_path, "2000 100 7\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataFormatError) as ei:
+        read_xc(p)
+    assert ei.value.line == 1502 and "duplicate feature id 7" in str(ei.value)
+
+
+def test_progress_bar_on_request(tmp_path, capsys):
+    p = write(tmp_path, GOOD, "bar_train.txt")
+    read_xc(p, progress=True)
+    assert "bar_train.txt" in capsys.readouterr().err
+    read_xc(p)  # small files: no bar by default
+    assert "bar_train.txt" not in capsys.readouterr().err
+
+
+def test_result_arrays_are_exact_size_and_32_bit(tmp_path):
+    r = read_xc(_tricky_file(tmp_path, seed=2))
+    for m in (r.X, r.Y):
+        assert m.indices.dtype == m.indptr.dtype == np.int32
+        assert m.indices.size == m.data.size == m.nnz == m.indptr[-1]
+        owner = m.indices if m.indices.base is None else m.indices.base
+        assert owner.nbytes == m.indices.nbytes  # not a view of a larger growing buffer
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_rows_without_any_feature(tmp_path, monkeypatch, numba):
+    monkeypatch.setenv("XMCVIZ_NUMBA", numba)
+    r = read_xc(write(tmp_path, "3 5 4\n0\n1,2\n \n"))
+    assert r.X.nnz == 0 and r.X.shape == (3, 5)
+    assert np.diff(r.Y.indptr).tolist() == [1, 2, 0]

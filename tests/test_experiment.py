@@ -144,3 +144,42 @@ def test_train_panel_button_trains_and_reports():
     assert "bad setting" in bad.status.value and len(bad.errors) == 1
     with pytest.raises(ValueError, match="figures"):
         TrainPanel({}, make_run, {}, live=False)
+
+
+def test_experiment_drives_the_softmax_setting(tmp_path):
+    """A SoftmaxConfig runs through the same Experiment machinery (records, figures, results)
+    and gives what SoftmaxTrainer gives on its own."""
+    import torch
+
+    from xmcviz.softmax.trainer import SoftmaxConfig, SoftmaxTrainer
+    sc = dict(data="synthetic:tiny", epochs=1, batch_size=64, eval_every_steps=5, adv_dims=4,
+              device="cpu", progress=False)
+    exp = Experiment(live=False, keep_trainers=True, min_interval=0.0, budget=1.0)
+    assert views.learning_curves(exp).layout.title.text
+    exp.add_figure("curves", lambda e: views.learning_curves(e, x="step"))
+    exp.show()
+    exp.run("adversarial", SoftmaxConfig(sampler="adversarial", out=str(tmp_path / "adv"), **sc))
+    exp.run("uniform", SoftmaxConfig(sampler="uniform", **sc))
+    direct = SoftmaxTrainer(SoftmaxConfig(sampler="uniform", **sc))
+    direct.train()
+
+    def strip(history):
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]
+    assert strip(exp.runs["uniform"].history) == strip(direct.history)
+    assert torch.equal(exp.runs["uniform"].trainer.W, direct.W)
+    adv = exp.runs["adversarial"]
+    assert exp.metrics()["adversarial"]["step"].tolist() == [r["step"] for r in adv.history]
+    assert adv.history[0]["step"] == 0 and adv.history[0]["acc"] == adv.history[0]["acc_aux"]
+    assert (tmp_path / "adv" / "metrics.jsonl").exists()
+    names = {t.name for t in exp.finish()["curves"].data}
+    assert {"adversarial", "uniform"} <= names
+    res = exp.results()
+    assert res["runs"]["uniform"]["config"]["first_label_only"] is True
+    assert res["final"]["adversarial"]["acc"] == pytest.approx(adv.final["acc"])
+
+    plain = Experiment(live=False)
+    assert plain.run("u", SoftmaxConfig(sampler="uniform", **sc)).trainer is None
+    with pytest.raises(ValueError, match="hook 'grad' observes training steps"):
+        Experiment(hooks="grad:2", live=False).run("u", SoftmaxConfig(sampler="uniform", **sc))
+    with pytest.raises(TypeError, match="allowed TrainConfig or SoftmaxConfig"):
+        plain.run("x", {"sampler": "uniform"})

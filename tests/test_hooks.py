@@ -111,6 +111,38 @@ def test_gradient_hook_records(tmp_path):
     assert summary["ratio"] == pytest.approx(float(np.median(rec["norm_neg"] / rec["norm_pos"])), rel=1e-5)
 
 
+def test_gradient_score_means_and_dead_rows_equal_brute_force(tmp_path):
+    ctx = make_ctx(seed=3)
+    ctx.emb[1] = 0.0  # a dead row: every ReLU unit off
+    ctx.pos_scores[1] = ctx.model.bias.detach()[ctx.positives.ids[1]]
+    ctx.neg_scores[1] = ctx.model.bias.detach()[ctx.negatives.ids[1]]
+    hook = GradientDominance(every=1, probe=5, label_chunk=7)
+    hook.on_train_start(run_info(tmp_path))
+    hook.before_update(ctx)
+    hook.close()
+    rec = read_records(tmp_path / "hooks" / "grad.bin")
+    full = torch.sigmoid(ctx.emb @ ctx.model.W.detach().T + ctx.model.bias.detach())
+    for r in range(5):
+        pos = ctx.positives.ids[r][ctx.positives.mask[r]]
+        neg = ctx.negatives.ids[r][ctx.negatives.mask[r]]
+        assert rec["sig_pos"][r] == pytest.approx(float(full[r, pos].mean()), rel=1e-5)
+        assert rec["sig_neg"][r] == pytest.approx(float(full[r, neg].mean()), rel=1e-5)
+        assert rec["sig_all"][r] == pytest.approx(float(full[r].mean()), rel=1e-5)
+        assert rec["emb_norm"][r] == pytest.approx(float(ctx.emb[r].norm()), rel=1e-5)
+    summary = read_jsonl(tmp_path / "hooks" / "grad.jsonl")[0]
+    assert summary["dead_fraction"] == pytest.approx(1 / 5)
+    assert summary["sig_all"] == pytest.approx(float(np.median(rec["sig_all"])), rel=1e-6)
+
+
+def test_gradient_score_means_of_rows_without_entries_are_nan():
+    ctx = make_ctx()
+    ctx.negatives.mask[2] = False
+    pos, neg = ctx.positives, ctx.negatives
+    t = gradient_terms(ctx.emb, ctx.model.W, ctx.model.bias, pos.ids, pos.mask, ctx.pos_scores,
+                       neg.ids, neg.mask, ctx.neg_scores)
+    assert torch.isnan(t["sig_neg"][2]) and torch.isfinite(t["sig_neg"][torch.arange(B) != 2]).all()
+
+
 def test_frequencies_equal_recount(tmp_path):
     hook = LabelFrequency(every=1, window=3)
     hook.on_train_start(run_info(tmp_path))
@@ -140,6 +172,42 @@ def test_frequencies_equal_recount(tmp_path):
         assert s["top10_share"] == pytest.approx(top / expect.sum())
     kinds = sorted((s["kind"], s["start_step"], s["end_step"]) for s in wins.values())
     assert kinds == [("refresh", 0, 4), ("refresh", 4, 7), ("steps", 0, 3), ("steps", 3, 6), ("steps", 6, 7)]
+
+
+def test_frequency_records_bounded_by_keep(tmp_path):
+    # keep=3 of L=40: the .bin holds each source's 3 most drawn labels; summaries see everything.
+    hook = LabelFrequency(every=1, window=4, by_refresh=False, keep=3)
+    hook.on_train_start(run_info(tmp_path))
+    ctxs = [make_ctx(step=s, seed=s) for s in range(4)]
+    for c in ctxs:
+        hook.before_update(c)
+    hook.close()
+    rec = read_records(tmp_path / "hooks" / "freq.bin")
+    summ = {s["source"]: s for s in read_jsonl(tmp_path / "hooks" / "freq.jsonl")}
+    expect = np.zeros((6, L), dtype=np.int64)
+    for c in ctxs:
+        m = c.negatives.mask
+        np.add.at(expect, (c.negatives.source[m].long().numpy(), c.negatives.ids[m].numpy()), 1)
+    for code in (SOURCE_MIPS, SOURCE_UNIFORM):
+        sel = rec[rec["source"] == code]
+        assert len(sel) == 3
+        np.testing.assert_array_equal(sel["count"], expect[code, sel["label"]])
+        # The 3 kept are the most drawn: every label left out has at most the smallest kept count.
+        left = np.setdiff1d(np.arange(L), sel["label"])
+        assert expect[code, left].max() <= sel["count"].min()
+        name = "mips" if code == SOURCE_MIPS else "uniform"
+        assert summ[name]["draws"] == expect[code].sum()
+        assert summ[name]["distinct"] == (expect[code] > 0).sum()
+        assert summ[name]["kept_draws"] == sel["count"].sum()
+        c = expect[code][expect[code] > 0]
+        assert summ[name]["count_hist"] == np.bincount(np.floor(np.log2(c)).astype(int)).tolist()
+    assert summ["all"]["draws"] == expect.sum() and summ["all"]["kept_draws"] == rec["count"].sum()
+    assert sum(summ["all"]["count_hist"]) == summ["all"]["distinct"]
+
+
+def test_frequency_keep_validated():
+    with pytest.raises(ValueError, match="keep=0"):
+        LabelFrequency(keep=0)
 
 
 def test_resume_truncates_records_of_redone_steps(tmp_path):
@@ -207,14 +275,53 @@ def test_staleness_recall_against_brute_force(tmp_path):
     assert overlap(torch.tensor([[1, 2, -1]]), torch.tensor([[2, -1, 3]])).tolist() == [1]
 
 
+def test_staleness_copies_the_snapshot_once_per_refresh():
+    # An index on another device than the model (faiss-cpu with a CUDA model): the snapshot is
+    # copied to the model's device once per refresh, not at every logged step ("meta" stands in
+    # for the GPU here: a copy with no data).
+    from xmcviz.hooks.staleness import IndexStaleness
+    from xmcviz.samplers.faiss_index import MipsIndex
+
+    index = MipsIndex(clusters=4, nprobe=4)
+    index.build(torch.randn(L, D))
+    hook = IndexStaleness()
+    meta = torch.device("meta")
+    first = hook._snapshot_on(index, meta)
+    assert first[0].device == meta and first[0].shape == (L, D)
+    assert hook._snapshot_on(index, meta)[0] is first[0]
+    index.refresh(torch.randn(L, D))
+    assert hook._snapshot_on(index, meta)[0] is not first[0]
+    assert hook._snapshot_on(index, torch.device("cpu"))[0].data_ptr() == index.snapshot[0].data_ptr()
+
+
 def test_make_hooks_spec():
     from xmcviz.hooks import make_hooks
 
     hooks = make_hooks("ranks:5,freq,grad:20,staleness")
     assert [h.name for h in hooks] == ["ranks", "freq", "grad", "staleness"]
     assert [h.every for h in hooks] == [5, 1, 20, 10]
-    assert make_hooks("none") == [] and len(make_hooks("default")) == 4
+    assert make_hooks("none") == []
+    assert [h.name for h in make_hooks("default")] == ["ranks", "freq", "grad", "staleness", "popularity",
+                                                       "hidden"]
     with pytest.raises(ValueError, match="'bogus' is not known"):
         make_hooks("bogus")
     with pytest.raises(ValueError, match="'x' is not an integer"):
         make_hooks("ranks:x")
+
+
+def test_full_scoring_hooks_thin_out_at_large_label_counts(tmp_path):
+    from xmcviz.hooks.recording import FULL_SCORE_LABELS, interval_for
+    from xmcviz.hooks.staleness import IndexStaleness
+
+    assert interval_for(20, 4096) == 20 and interval_for(20, FULL_SCORE_LABELS) == 20
+    assert interval_for(20, 670_091) == round(20 * 670_091 / FULL_SCORE_LABELS)
+    for cls, base in ((NegativeRanks, 20), (IndexStaleness, 10)):
+        for L, expect in ((4096, base), (670_091, interval_for(base, 670_091))):
+            hook = cls()
+            hook.on_train_start(RunInfo(run_dir=None, config={}, num_labels=L, num_features=D,
+                                        steps_per_epoch=10, device=torch.device("cpu")))
+            assert hook.every == expect
+        given = cls(every=3)  # an explicit interval is kept at any L
+        given.on_train_start(RunInfo(run_dir=None, config={}, num_labels=670_091, num_features=D,
+                                     steps_per_epoch=10, device=torch.device("cpu")))
+        assert given.every == 3

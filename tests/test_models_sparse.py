@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from xmcviz.core.models import XMCModel, _SparseScores
+from xmcviz.core.fast.score import _SparseScores
+from xmcviz.core.models import XMCModel
 
 
 def _sparse_emb(B, D, density, seed):

@@ -9,7 +9,7 @@ pm = pytest.importorskip("papermill")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "adversarial_sampling.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"
-TINY = dict(data="synthetic:tiny", samplers=["adversarial", "uniform", "frequency", "nce"], epochs=1,
+TINY = dict(data="synthetic:tiny", samplers=["full", "adversarial", "uniform", "frequency", "nce"], epochs=1,
             batch_size=64, eval_every_steps=5, adv_dims=4, snr_probe=32, snr_draws=8, seed=0,
             device="cpu", threads=1)
 
@@ -35,6 +35,7 @@ def test_notebook_runs(tmp_path):
     adv = res["final"]["adversarial"]
     assert adv["fit_s"] > 0 and 0 <= adv["acc_aux"] <= 1
     assert res["curves"]["adversarial"][0]["acc"] == adv["acc_aux"]  # step 0: the tree alone
+    assert res["final"]["full"]["acc"] == res["final"]["full"]["acc_raw"]  # the reference: no bias removal
     assert {"init_raw", "init_debiased", "uniform_final_raw", "uniform_final_debiased"} == set(res["snr"])
     for recs in res["snr"].values():
         assert {r["sampler"] for r in recs} == {"uniform", "frequency", "adversarial"}

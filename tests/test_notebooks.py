@@ -24,6 +24,8 @@ CASES = {
                             ranks_every=1, eval_every_steps=4),
     "interval_sensitivity": dict(data="synthetic:tiny", negatives=8, mips_k=3, intervals=[1, 2], epochs=2,
                                  eval_every_steps=4),
+    "false_negatives": dict(data="synthetic:tiny", samplers=["uniform", "mips-s"], hide_fractions=[0.2],
+                            negatives=8, mips_k=3, epochs=2, refreshes_per_epoch=2),
     "tour": dict(data_dominance="synthetic:tiny", data_mips="synthetic:tiny", epochs_dominance=1,
                  epochs_mips=2, negatives_dominance=8, negatives_mips=8, autorun=True),
 }
@@ -70,15 +72,22 @@ def test_committed_notebooks_are_clean_and_parameterised():
 def test_gradient_dominance(tmp_path):
     res, nb = execute("gradient_dominance", tmp_path)
     labels = list(res["final"])
-    assert labels[:2] == ["linear-top", "mlp-top"] and len(labels) == 4
+    assert labels[:2] == ["linear-top", "mlp-top"] and labels[-1] == "mlp-uniform" and len(labels) == 5
     assert any("top-re" in label for label in labels) and any("top-uniform" in label for label in labels)
     for r in res["final"].values():
         assert 0 <= r["P@5"] <= 1 and r["train_time_s"] > 0
-    assert set(res["figures"]) == {"P@5", "gradient ratio", "gradient cosine"}
+    assert set(res["figures"]) == {"P@5", "dead embeddings", "scores", "gradient ratio", "gradient cosine"}
     ratio = res["figures"]["gradient ratio"]
     assert {t["name"] for t in ratio} >= set(labels) and all(len(t["y"]) > 0 for t in ratio)
+    # The linear model's embedding is its fixed input: left out of the dead-embedding figure.
+    dead = res["figures"]["dead embeddings"]
+    assert {t["name"] for t in dead} == set(labels) - {"linear-top"}
+    assert all(0 <= y <= 1 for t in dead for y in t["y"])
+    scores = {t["name"]: t["y"] for t in res["figures"]["scores"]}
+    assert set(scores) == {f"{lab}: {w}" for lab in labels for w in ("positives", "sampled negatives", "all labels")}
+    assert all(0 <= y <= 1 for ys in scores.values() for y in ys)
     assert res["live"]["draw_fraction"] < 0.5
-    check_static(nb, 3)
+    check_static(nb, 5)
 
 
 def test_rank_histograms(tmp_path):
@@ -92,6 +101,20 @@ def test_rank_histograms(tmp_path):
     assert res["batch_concentration"]["mips-a"]["draws"] > res["batch_concentration"]["mips-s"]["draws"]
     names = {t["name"] for t in res["figures"]["ranks mips-a"]}
     assert {"mips-a, first step", "mips-a, last step", "uniform expectation"} <= names
+    check_static(nb, 4)
+
+
+def test_false_negatives(tmp_path):
+    res, nb = execute("false_negatives", tmp_path)
+    assert list(res["final"]) == ["uniform, 20% hidden", "mips-s, 20% hidden"]
+    shares = {lab: {r["source"]: r for r in rows} for lab, rows in res["hidden_shares"].items()}
+    assert set(shares["mips-s, 20% hidden"]) >= {"mips", "uniform", "all"}
+    assert shares["uniform, 20% hidden"]["uniform"]["draws"] > 0
+    assert all(isinstance(lines, list) and lines for lines in res["findings"].values())
+    names = {t["name"] for t in res["figures"]["popularity"]}
+    assert "mips-s, 20% hidden: mips negatives" in names and "mips-s, 20% hidden: positives" in names
+    assert any(t["name"] == "uniform, 20% hidden: base rate" for t in res["figures"]["hidden share"])
+    assert len(res["figures"]["hidden recall"]) == 2
     check_static(nb, 4)
 
 

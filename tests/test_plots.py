@@ -1,5 +1,8 @@
 """Figure builders, phase labelling and the live display helpers."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -58,8 +61,33 @@ def test_top_negative_labels_counts_steps_windows_only():
 
 def test_colours_are_per_sampler_and_stable():
     assert plots.colour_for("mips-s (PPE=1)") == plots.SAMPLER_COLOURS["mips-s"]
+    assert plots.colour_for("MIPS-S, tau=4") == plots.SAMPLER_COLOURS["mips-s"]  # case-insensitive
     assert plots.colour_for("top-uniform") == plots.SAMPLER_COLOURS["top-uniform"]  # not "top" nor "uniform"
-    assert plots.colour_for("something else") == plots.colour_for("something else")
+    # Distinct samplers never share a colour, and unknown labels never take a sampler's colour.
+    sampler_colours = list(plots.SAMPLER_COLOURS.values())
+    assert len(set(sampler_colours)) == len(sampler_colours)
+    others = [f"run {i}" for i in range(40)]
+    fallback = {plots.colour_for(o) for o in others}
+    assert fallback.isdisjoint(sampler_colours) and len(fallback) > 1
+
+
+def test_fallback_colours_are_the_same_in_another_process():
+    # A figure redrawn in a new kernel (or a sweep worker) keeps its colours: no salted hash().
+    labels = ["run 0", "baseline", "my encoder, lr 0.1", "résumé"]
+    code = ("import json; from xmcviz.notebook.plots import colour_for; "
+            f"print(json.dumps([colour_for(s) for s in {labels!r}]))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, check=True)
+    assert json.loads(out.stdout) == [plots.colour_for(s) for s in labels]
+
+
+def test_runs_of_one_sampler_share_its_colour_with_distinct_dashes():
+    styles = plots.run_styles(["mips-s P=1", "uniform", "mips-s P=4", "mips-s P=16"])
+    mips = [styles[k] for k in ("mips-s P=1", "mips-s P=4", "mips-s P=16")]
+    assert {s["color"] for s in mips} == {plots.SAMPLER_COLOURS["mips-s"]}
+    assert len({s["dash"] for s in mips}) == 3
+    assert styles["uniform"] == {"color": plots.SAMPLER_COLOURS["uniform"], "dash": "solid"}
 
 
 def test_builders_titles_traces_and_colours():
@@ -73,6 +101,16 @@ def test_builders_titles_traces_and_colours():
     fig = plots.gradient_ratio({"top": g})
     assert fig.layout.yaxis.type == "log" and len(fig.data) == 2
     assert plots.gradient_cosine({"top": g}).data[0].y.tolist() == [0.2, 0.5]
+
+    s = g.assign(sig_pos=[0.5, 0.7], sig_neg=[0.5, 0.3], sig_all=[0.5, 0.2], dead_fraction=[0.0, 0.8])
+    fig = plots.score_trajectories({"mlp-top": s, "mlp-uniform": s, "empty": pd.DataFrame()})
+    assert [t.name for t in fig.data] == [f"{r}: {w}" for r in ("mlp-top", "mlp-uniform")
+                                          for w in ("positives", "sampled negatives", "all labels")]
+    assert [t.line.dash for t in fig.data[:3]] == ["solid", "dash", "dot"]
+    assert fig.data[3].xaxis == "x2" and fig.data[5].y.tolist() == [0.5, 0.2]  # one panel per run
+    assert len(plots.score_trajectories({}).data) == 0  # titled and empty before any data
+    fig = plots.dead_embeddings({"mlp-top": s})
+    assert fig.data[0].y.tolist() == [0.0, 0.8] and "E_x = 0" in fig.layout.title.text
 
     fig = plots.rank_histogram({"mips-a": ranks_frame()}, num_labels=200, by_phase=True)
     names = [t.name for t in fig.data]

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chisquare
 
 from xmcviz.samplers import (SAMPLER_NAMES, SOURCE_ALL, SOURCE_EXACT, SOURCE_FREQUENCY, SOURCE_UNIFORM,
-                             FrequencySampler, FullSampler, MipsSampler, Positives,
+                             FrequencySampler, FullSampler, MipsAllSampler, MipsSampler, Positives,
                              TopSampler, TopUniformSampler, UniformSampler, WarmupSampler,
                              make_sampler)
 
@@ -55,8 +55,9 @@ def draw(s, emb, pos, W, b, seed):
     return s.sample(emb, pos, epoch=0, generator=torch.Generator().manual_seed(seed), W=W, bias=b)
 
 
-# adversarial needs the training data and row ids: its contract is in test_adversarial.py.
-@pytest.mark.parametrize("name", [n for n in SAMPLER_NAMES if n != "adversarial"])
+# adversarial and meta need the training data: their contracts are in test_adversarial.py and
+# test_samplers_meta.py.
+@pytest.mark.parametrize("name", [n for n in SAMPLER_NAMES if n not in ("adversarial", "meta")])
 def test_sampler_contract(name):
     emb, W, b = model()
     pos = random_positives(B, L, 1)
@@ -221,9 +222,9 @@ def test_full_refuses_huge_batches():
 
 def test_registry_names_and_types():
     assert SAMPLER_NAMES == ("full", "uniform", "frequency", "top", "top-uniform", "mips-a", "mips-s",
-                             "adversarial")  # adversarial: tests/test_trainer_adversarial.py
+                             "adversarial", "meta")  # adversarial: test_trainer_adversarial.py
     kinds = {"full": FullSampler, "uniform": UniformSampler, "frequency": FrequencySampler,
-             "top": TopSampler, "top-uniform": TopUniformSampler, "mips-a": MipsSampler,
+             "top": TopSampler, "top-uniform": TopUniformSampler, "mips-a": MipsAllSampler,
              "mips-s": MipsSampler}
     for name in kinds:
         s = build(name)

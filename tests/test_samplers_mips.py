@@ -222,7 +222,8 @@ def test_sampler_validation_messages():
                                             (3, 30, 64, 20), (4, 12, 6, 6)])
 def test_cpu_numpy_assembly_equals_the_torch_path(k, R, L, width):
     """The numpy fast path gives the same negatives from the same generator state."""
-    from xmcviz.samplers.mips import _assemble_cpu, _assemble_torch, assemble_negatives
+    from xmcviz.core.fast import reference
+    from xmcviz.samplers.mips import _assemble_fast, assemble_negatives
     from xmcviz.samplers.ops import sorted_positive_table
     rng = np.random.default_rng(k * 1000 + R + width)
     B = 64
@@ -238,11 +239,12 @@ def test_cpu_numpy_assembly_equals_the_torch_path(k, R, L, width):
     cand = torch.as_tensor(np.stack([rng.permutation(L)[:min(L, k + width)] for _ in range(B)]))
     cand[3, -2:] = -1                     # unfilled search results
     table, _ = sorted_positive_table(pos)
-    ref = _assemble_torch(cand, pos, k, R, L, torch.Generator().manual_seed(7), None)
-    # the numpy path, computing the table itself or given it (as MipsSampler.sample does),
-    # and through the public entry point, which takes it on the CPU
-    for fast in (_assemble_cpu(cand, pos, k, R, L, torch.Generator().manual_seed(7)),
-                 _assemble_cpu(cand, pos, k, R, L, torch.Generator().manual_seed(7), table),
+    with reference():
+        ref = assemble_negatives(cand, pos, k, R, L, torch.Generator().manual_seed(7))
+    # the numpy path, directly and through the public entry point (which takes it on the
+    # CPU), computing the table itself or given it (as MipsSampler.sample does)
+    for fast in (_assemble_fast(cand, table, k, R, L, torch.Generator().manual_seed(7)),
+                 assemble_negatives(cand, pos, k, R, L, torch.Generator().manual_seed(7)),
                  assemble_negatives(cand, pos, k, R, L, torch.Generator().manual_seed(7),
                                     table=table)):
         assert torch.equal(fast.ids, ref.ids)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from xmcviz.cli import main
 from xmcviz.data.dataset import Dataset
-from xmcviz.softmax.trainer import (SOFTMAX_METHODS, SoftmaxConfig, SoftmaxTrainer, evaluate_first_label,
-                            pair_loss, sparse_pair_scores)
+from xmcviz.softmax.trainer import (PAIR_METHODS, SOFTMAX_METHODS, SoftmaxConfig, SoftmaxTrainer,
+                                    evaluate_first_label, pair_loss, sparse_pair_scores)
 
 
 def _toy_dataset(n_train=600, n_test=200, contexts=6, L=10, seed=0) -> Dataset:
@@ -45,7 +45,7 @@ def _cfg(**kw) -> SoftmaxConfig:
 
 
 # ------------------------------------------------------------------------------ the losses
-@pytest.mark.parametrize("method", SOFTMAX_METHODS)
+@pytest.mark.parametrize("method", PAIR_METHODS)
 @pytest.mark.parametrize("reg", [0.0, 0.3])
 def test_pair_loss_matches_autograd(method, reg):
     g = torch.Generator().manual_seed(1)
@@ -80,13 +80,37 @@ def test_sparse_scores_match_dense():
     torch.testing.assert_close(xi, ref)
 
 
-@pytest.mark.parametrize("method", SOFTMAX_METHODS)
+def test_pair_loss_refuses_the_full_softmax():
+    with pytest.raises(ValueError, match="full"):
+        pair_loss(torch.zeros(2, 2), torch.zeros(2, 2), "full")
+
+
+def test_full_step_is_dense_adagrad_on_cross_entropy(toy):
+    """sampler="full": torch.optim.Adagrad on the mean softmax cross-entropy over all labels."""
+    tr = SoftmaxTrainer(_cfg(sampler="full", lr=0.1), dataset=toy)
+    W = torch.randn_like(tr.W) * 0.1
+    tr.W.copy_(W)
+    Wd, bd = W.clone().requires_grad_(True), torch.zeros_like(tr.b).requires_grad_(True)
+    opt = torch.optim.Adagrad([Wd, bd], lr=0.1)
+    for step in range(3):
+        rows = tr.train_rows[step * 32:(step + 1) * 32]
+        x = torch.as_tensor(toy.X_train[rows].toarray())
+        loss = F.cross_entropy(x @ Wd.T + bd, tr.y_of_row[torch.as_tensor(rows)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert tr.train_step(rows) == pytest.approx(loss.item(), rel=1e-5)
+        torch.testing.assert_close(tr.W, Wd.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tr.b, bd.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", PAIR_METHODS)
 def test_train_step_is_dense_adagrad(toy, method):
     """The element-sparse step equals torch.optim.Adagrad on the dense loss (brute force)."""
     tr = SoftmaxTrainer(_cfg(sampler=method, reg=0.05, lr=0.1), dataset=toy)
     W = torch.randn_like(tr.W) * 0.1
     tr.W.copy_(W)
-    Wd, bd = W.clone().requires_grad_(True), torch.zeros_like(tr.b).requires_grad_(True)
+    Wd, bd = W.clone().requires_grad_(True), tr.b.clone().requires_grad_(True)
     opt = torch.optim.Adagrad([Wd, bd], lr=0.1)
     for step in range(3):
         rows = tr.train_rows[step * 32:(step + 1) * 32]
@@ -144,7 +168,7 @@ def _expected_optimum(p, q, method, reg=0.0, steps=3000):
 
 def test_bias_removal_identity_on_toy_optimum():
     """Negative sampling from q: the optimum is xi = log p - log q, so softmax(xi + log q) = p;
-    NCE with noise q learns xi = log p itself (SPEC section 4)."""
+    NCE with noise q learns xi = log p itself (docs/background.md, section "NCE")."""
     g = torch.Generator().manual_seed(3)
     p = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64) * 2, 0)
     q = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64), 0)
@@ -201,11 +225,16 @@ def test_metrics_match_brute_force(toy):
 
 
 def test_aux_model_starts_adversarial_ahead(toy):
-    """At step 0 (xi = 0) the adversarial predictor is the tree itself; NCE predicts with xi."""
+    """At step 0 (xi = 0) the adversarial predictor is the tree itself; NCE predicts with xi,
+    which starts at the log of the (add-one) first-label frequencies, a featureless log p."""
     adv = SoftmaxTrainer(_cfg(sampler="adversarial"), dataset=toy).evaluate()
     assert adv["acc"] == adv["acc_aux"] and adv["loglik"] == pytest.approx(adv["loglik_aux"])
-    nce = SoftmaxTrainer(_cfg(sampler="nce"), dataset=toy).evaluate()
-    assert nce["acc"] == nce["acc_raw"] and nce["loglik"] == pytest.approx(-math.log(10))
+    tr = SoftmaxTrainer(_cfg(sampler="nce"), dataset=toy)
+    nce = tr.evaluate()
+    f = np.bincount(tr.train_y, minlength=10) + 1.0
+    torch.testing.assert_close(tr.b, torch.as_tensor(np.log(f / f.sum()), dtype=torch.float32))
+    assert nce["acc"] == nce["acc_raw"]
+    assert nce["loglik"] == pytest.approx(float(np.log(f / f.sum())[tr.test_y].mean()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------- determinism, runs
@@ -241,12 +270,13 @@ def test_validation_and_run_directory(toy, tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "r"
-    rc = main(["train", "--data", "synthetic:tiny", "--first-label-only", "--sampler", "frequency",
+    rc = main(["train", "--data", "synthetic:tiny", "--first-label-only", "--sampler", "full",
                "--epochs", "1", "--no-progress", "--out", str(out)])
     assert rc == 0
     rec = json.loads(capsys.readouterr().out)
     assert {"acc", "loglik", "acc_raw", "loglik_raw", "acc_aux"} <= set(rec)
-    assert json.loads((out / "config.json").read_text())["lr"] == 0.01
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == SoftmaxConfig().lr and config["sampler"] == "full"
     for argv, msg in ((["--sampler", "mips-s"], "sampler='mips-s'"), (["--reg", "-1"], "reg=-1"),
                       (["--resume", "--out", str(out)], "resume"), (["--adv-dims", "0"], "adv_dims=0")):
         assert main(["train", "--data", "synthetic:tiny", "--first-label-only", *argv]) == 2
@@ -276,3 +306,52 @@ def test_snr_comparison(toy):
                           generator=torch.Generator().manual_seed(0))
     assert recs["uniform"]["total_variance"] == pytest.approx(direct.total_variance, rel=1e-9)
     assert recs["uniform"]["snr"] == pytest.approx(direct.snr, rel=1e-9)
+
+
+# ------------------------------------------------------------------ the shared training loop
+def test_hooks_see_the_run_and_every_record(toy):
+    """The loop of xmcviz.core.loop publishes through the hooks' channel, as for Trainer."""
+    from xmcviz.hooks import MetricsLog
+    from xmcviz.hooks.base import Hook
+
+    class Seen(Hook):
+        name = "seen"
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_train_start(self, run):
+            self.calls.append(("start", run.num_labels, run.steps_per_epoch))
+
+        def on_eval(self, record):
+            self.calls.append(("eval", record["step"]))
+
+        def close(self):
+            self.calls.append(("close",))
+
+    seen, log, published = Seen(), MetricsLog(), []
+    log.subscribe(published.append)
+    tr = SoftmaxTrainer(_cfg(sampler="uniform", eval_every_steps=5), dataset=toy, hooks=[seen, log])
+    tr.train()
+    steps = [0, 5, 10, 15, 19, 20, 25, 30, 35, 38]
+    assert seen.calls == [("start", 10, 19), *(("eval", s) for s in steps), ("close",)]
+    assert published == tr.history
+
+
+def test_step_hooks_are_refused(toy):
+    from xmcviz.hooks import make_hooks
+    with pytest.raises(ValueError, match="hook 'grad' observes training steps"):
+        SoftmaxTrainer(_cfg(), dataset=toy, hooks=make_hooks("grad:2"))
+
+
+def test_divergence_names_the_step_and_keeps_the_log(toy, tmp_path):
+    from xmcviz.core.loop import TrainingDiverged
+    out = tmp_path / "run"
+    tr = SoftmaxTrainer(_cfg(sampler="uniform", out=str(out)), dataset=toy)
+    tr.train_step = lambda rows: float("nan")
+    with pytest.raises(TrainingDiverged, match=r"loss=nan at step 0 \(epoch 0, batch 0 .*metrics\.jsonl"):
+        tr.train()
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    with pytest.raises(RuntimeError, match="already called on this SoftmaxTrainer"):
+        tr.train()

@@ -24,8 +24,29 @@ def same(a, b) -> bool:
 
 
 def test_presets_listed():
-    assert data.PRESETS == ("tiny", "small", "eurlex-like", "wiki10-like", "large")
+    assert data.PRESETS == ("tiny", "small", "eurlex-like", "wiki10-like", "delicious-like", "large")
     assert set(PRESETS) == set(data.PRESETS)
+
+
+def test_missing_positives_drop_labels_not_words(tiny):
+    holed = data.synthetic({"preset": "tiny", "missing": 0.3}, seed=0)
+    assert (holed.X_train != tiny.X_train).nnz == 0 and (holed.X_test != tiny.X_test).nnz == 0
+    for full, part in ((tiny.Y_train, holed.Y_train), (tiny.Y_test, holed.Y_test)):
+        assert part.multiply(full).nnz == part.nnz          # only labels the row had
+        assert np.diff(part.indptr).min() >= 1              # every row keeps a label
+        assert 0.6 < part.nnz / full.nnz < 0.8              # about 30% dropped
+        assert part.has_canonical_format
+    with pytest.raises(ValueError, match="missing=1.0"):
+        data.synthetic({"preset": "tiny", "missing": 1.0})
+
+
+def test_delicious_like_has_the_real_data_shape():
+    ds = data.synthetic("delicious-like", seed=0)
+    s = ds.summary()
+    assert (s["train_rows"], s["labels"], s["features"]) == (12900, 1000, 500)
+    assert 15 < s["avg_labels_per_row"] < 22                  # Delicious: 19
+    freq = np.asarray(ds.Y_train.sum(0)).ravel() / s["train_rows"]
+    assert 0.3 < freq.max() < 0.6                             # a strong head label (Delicious: 0.40)
 
 
 def test_deterministic_in_seed(tiny):

@@ -10,8 +10,7 @@ from xmcviz.hooks.base import Hook
 from xmcviz.core.evaluate import evaluate, inv_propensity
 from xmcviz.core.rundir import RunDirNotEmpty, read_jsonl
 from xmcviz.samplers import UniformSampler, make_sampler
-from xmcviz.core.trainer import (RowSparseAdam, TrainConfig, Trainer, TrainingDiverged,
-                            epoch_permutation)
+from xmcviz.core.trainer import TrainConfig, Trainer, TrainingDiverged, epoch_permutation
 
 TIMING = ("time_s", "eval_s")
 
@@ -253,33 +252,8 @@ def test_linear_model_with_bias_trains(tiny):
     assert isinstance(t.optimizers[0], torch.optim.SparseAdam) and len(t.optimizers) == 1
 
 
-def test_row_sparse_adam_matches_torch_sparse_adam():
-    torch.manual_seed(0)
-    L, d = 50, 6
-    Wa = torch.nn.Parameter(torch.randn(L, d))
-    ba = torch.nn.Parameter(torch.randn(L))
-    Wb = torch.nn.Parameter(Wa.detach().clone())
-    bb = torch.nn.Parameter(ba.detach().clone())
-    ref, fast = torch.optim.SparseAdam([Wa, ba], lr=0.05), RowSparseAdam([Wb, bb], lr=0.05)
-    for step in range(6):
-        ids = torch.randint(0, 20, (30,))  # duplicates within a step; rows >= 20 never touched
-        gW, gb = torch.randn(30, d), torch.randn(30)
-        for W, b, opt in ((Wa, ba, ref), (Wb, bb, fast)):
-            W.grad = torch.sparse_coo_tensor(ids[None], gW, (L, d), check_invariants=False)
-            b.grad = torch.sparse_coo_tensor(ids[None], gb, (L,), check_invariants=False)
-            before = W.detach().clone()
-            opt.step()
-            moved = (W.detach() != before).any(1)
-            assert not moved[~torch.isin(torch.arange(L), ids)].any()
-        torch.testing.assert_close(Wb, Wa)
-        torch.testing.assert_close(bb, ba)
-    sa, sb = ref.state_dict()["state"], fast.state_dict()["state"]
-    assert sa.keys() == sb.keys() and sa[0]["step"] == sb[0]["step"] == 6
-    torch.testing.assert_close(sb[0]["exp_avg"], sa[0]["exp_avg"])
-    torch.testing.assert_close(sb[0]["exp_avg_sq"], sa[0]["exp_avg_sq"])
-
-
 # --------------------------------------------------------------------------- determinism / resume
+
 def test_same_seed_same_metrics_other_seed_differs(tiny):
     runs = [Trainer(_cfg(epochs=2, eval_every_steps=7, seed=s), tiny) for s in (0, 0, 1)]
     for r in runs:

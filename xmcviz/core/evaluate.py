@@ -27,8 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .topk import topk_labels
-from ..validation import check_int
+from .topk import label_chunk_for, topk_labels
+from ..validation import check_float, check_int
 
 __all__ = ["inv_propensity", "evaluate", "predict_topk"]
 
@@ -52,11 +52,9 @@ def inv_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     ``Y_train`` is a scipy sparse matrix, a dense numpy array or a (dense or sparse) torch tensor,
     shape [N, L].
     """
-    A, B = float(A), float(B)
+    A, B = float(A), check_float("B", B, 0.0)
     if not np.isfinite(A):
         raise ValueError(f"A={A!r} is out of range: must be finite")
-    if not (np.isfinite(B) and B >= 0):
-        raise ValueError(f"B={B!r} is out of range: allowed >= 0")
     Y = _to_bool_csr(Y_train, "Y_train")
     N, L = Y.shape
     if N < 1:
@@ -177,14 +175,15 @@ def _ideal_gains(Y: sp.csr_matrix, ips: np.ndarray, kmax: int) -> np.ndarray:
 @torch.no_grad()
 def predict_topk(E: torch.Tensor | Iterable[torch.Tensor], W: torch.Tensor, k: int,
                  bias: torch.Tensor | None = None, row_batch: int = 4096,
-                 label_chunk: int = 65536) -> torch.Tensor:
+                 label_chunk: int | None = None) -> torch.Tensor:
     """Top-k label ids of ``E @ W.T (+ bias)``, streamed; int64 [N, k] on ``W``'s device, best first.
 
     ``E`` is a dense tensor [N, d] or an iterable of dense [b, d] batches (e.g. embeddings produced
     batch by batch by an encoder); each batch is moved to ``W``'s device.  Rows are processed
     ``row_batch`` at a time and labels ``label_chunk`` at a time (``xmcviz.core.topk.topk_labels``), so
     peak extra memory is about ``row_batch * (label_chunk + 2k)`` scores plus the [N, k] result;
-    the [N, L] score matrix never exists.  Ordering is by score descending, then label id; which
+    the [N, L] score matrix never exists.  ``label_chunk`` None: ``label_chunk_for(row_batch)``
+    (a score block of about 16M entries, 64 MB, at any L).  Ordering is by score descending, then label id; which
     of several labels tied at the k-th score gets in follows ``torch.topk``.  Pass the result to
     :func:`evaluate`.
     """
@@ -193,7 +192,8 @@ def predict_topk(E: torch.Tensor | Iterable[torch.Tensor], W: torch.Tensor, k: i
     L = W.shape[0]
     k = check_int("k", k, 1, L)
     row_batch = check_int("row_batch", row_batch, 1)
-    label_chunk = check_int("label_chunk", label_chunk, 1)
+    label_chunk = (label_chunk_for(row_batch) if label_chunk is None
+                   else check_int("label_chunk", label_chunk, 1))
     if bias is not None and tuple(bias.shape) != (L,):
         raise ValueError(f"bias has shape {tuple(bias.shape)}: expected ({L},)")
     batches = E.split(row_batch) if isinstance(E, torch.Tensor) else E
@@ -317,10 +317,12 @@ def _check_ks(ks) -> list[int]:
         raise ValueError(f"ks={ks!r} is empty: expected at least one k >= 1")
     out: list[int] = []
     for k in ks_list:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"ks={ks!r} is invalid: every k must be an integer >= 1, got {k!r}")
-        if int(k) not in out:
-            out.append(int(k))
+        try:
+            k = check_int("k", k, 1)
+        except ValueError as e:
+            raise ValueError(f"ks={ks!r} is invalid: {e}") from None
+        if k not in out:
+            out.append(k)
     return out
 
 

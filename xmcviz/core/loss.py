@@ -1,6 +1,6 @@
-"""Binary cross-entropy over the positives and the sampled negatives (SPEC section 1).
+"""Binary cross-entropy over the positives and the sampled negatives.
 
-Per row::
+Per row (docs/background.md, section "Loss")::
 
     l = eta_ratio * sum_{j pos} softplus(-f_j)  +  sum_{j in N_hat} softplus(f_j)
 

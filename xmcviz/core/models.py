@@ -4,11 +4,15 @@ A model is an encoder ``E_x = enc(x)`` followed by label scores ``f_j = w_j^T E_
 The label matrix ``W`` is stored as **label rows**, ``[L, d]`` float32 contiguous, which is
 the layout faiss indexes and the layout in which a sampled label is one contiguous row.
 
-Scoring a subset of labels gathers their rows with ``F.embedding(..., sparse=True)`` (or, when
-some entries are masked out of the loss, an equivalent gather whose sparse gradient leaves
-them out) so ``W`` gets a *sparse* gradient: only the rows of labels that enter the loss
-receive a gradient, and SparseAdam then moves only those rows (SPEC section 1, "row-sparse
-updates").  The cost of a step is O(B K d) for K scored labels per row, independent of L.
+Scoring a subset of labels (:meth:`XMCModel.score`) gathers their rows, ``[B, K, d]``, and
+takes one dot product per row and label.  The gather gives ``W`` a *sparse* gradient: only the
+rows of labels that enter the loss receive one, and SparseAdam then moves only those rows
+(docs/background.md#row-sparse-updates).  The cost of a step is O(B K d) for K scored labels
+per row, independent of L.
+
+That reference is what this file shows; faster versions of the same arithmetic (a fused
+gather + score, a unique-ids path, a sparse-input path) live in :mod:`xmcviz.core.fast.score`
+and run when :func:`xmcviz.core.fast.enabled` is True.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast.cpu_kernels import kernels_available, row_sums
+from . import fast
+from .fast.score import scores as fast_scores
 from ..validation import check_choice, check_float, check_int
 
 __all__ = ["LinearEncoder", "MLPEncoder", "XMCModel", "build_model", "MODEL_NAMES",
@@ -28,11 +33,13 @@ __all__ = ["LinearEncoder", "MLPEncoder", "XMCModel", "build_model", "MODEL_NAME
 MODEL_NAMES = ("linear", "mlp")
 SCORE_PATHS = ("auto", "gather", "unique", "sparse")
 
-#: "auto" takes the sparse path for inputs with no gradient and at most this share of non-zeros.
-SPARSE_DENSITY = 0.25
 
-# torch warns once per process that sparse CSR support is "beta"; the ops used here are stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size, **kwargs) -> torch.Tensor:
+    """``torch.sparse_csr_tensor(crow, col, values, size, **kwargs)``, without torch's notice that
+    CSR support is "beta" (the ops used here are stable); other warnings are left alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, values, size, **kwargs)
 
 
 def _sparse_values(x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +49,8 @@ def _sparse_values(x: torch.Tensor) -> torch.Tensor:
 def _with_values(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """The sparse tensor ``x`` (CSR or COO) with its stored values replaced."""
     if x.layout == torch.sparse_csr:
-        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape,
-                                       check_invariants=False)
+        return csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape,
+                          check_invariants=False)
     x = x.coalesce()
     return torch.sparse_coo_tensor(x.indices(), values, x.shape, is_coalesced=True,
                                    check_invariants=False)
@@ -120,122 +127,6 @@ class _GatherRows(torch.autograd.Function):
         return out, None, None
 
 
-def _row_gradient(ids: torch.Tensor, grad: torch.Tensor, emb: torch.Tensor,
-                  live: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
-    """The coalesced sparse gradient of ``W`` for ``s[b, k] = W[ids[b, k]] . emb[b]``.
-
-    Row j gets ``sum_{(b, k): ids[b, k] = j, live} grad[b, k] emb[b]``.  One sort of the live
-    ids gives the distinct rows and, per row, its (b, grad) pairs as a CSR matrix A ([U, B]);
-    the row gradients are then ``A @ emb``, a sparse-dense product that never materialises
-    the ``[B K, d]`` per-entry gradients, and the result is already coalesced (the optimiser
-    skips its own sort).  On the CPU a numba kernel does the same with one numpy sort and one
-    pass (:func:`xmcviz.core.fast.cpu_kernels.row_sums`: at L = 1M, 0.9 ms instead of 4-12 ms, most of
-    which is the sparse product zero-filling and copying its [U, d] result)."""
-    if ids.device.type == "cpu":
-        grad, emb = grad.contiguous(), emb.contiguous()  # no copies in the usual case
-        out = row_sums(ids, grad, emb, live) if kernels_available(grad, emb) else None
-        if out is not None:
-            uniq, vals = out
-            return torch.sparse_coo_tensor(uniq.unsqueeze(0), vals, shape, is_coalesced=True,
-                                           check_invariants=False)
-    B, K = ids.shape
-    flat, g = ids.reshape(-1), grad.reshape(-1)
-    col = None
-    if live is not None:
-        sel = live.reshape(-1).nonzero().squeeze(1)
-        flat, g, col = flat.index_select(0, sel), g.index_select(0, sel), sel // K
-    sid, order = torch.sort(flat)
-    uniq, counts = torch.unique_consecutive(sid, return_counts=True)
-    crow = counts.new_zeros(uniq.numel() + 1)
-    torch.cumsum(counts, 0, out=crow[1:])
-    col = order // K if col is None else col.index_select(0, order)
-    A = torch.sparse_csr_tensor(crow, col, g.index_select(0, order), (uniq.numel(), B),
-                                check_invariants=False)
-    vals = A @ emb if uniq.numel() else emb.new_zeros((0, emb.shape[1]))
-    return torch.sparse_coo_tensor(uniq.unsqueeze(0), vals, shape, is_coalesced=True,
-                                   check_invariants=False)
-
-
-class _GatherScores(torch.autograd.Function):
-    """``s[b, k] = W[ids[b, k]] . emb[b]`` with a sparse COO gradient for ``W`` holding only
-    the entries where ``live`` is True (and no gradient from the others to ``emb``).
-
-    The same values and gradients as ``einsum('bd,bkd->bk', emb, _GatherRows(W, ids, live))``
-    with less work: autograd's einsum backward builds the ``[B, K, d]`` row gradient as a
-    batched outer product (a k = 1 matmul) and then transposes it with a full copy, the
-    gather's backward copies the live rows once more and the optimiser then coalesces them;
-    here the coalesced row gradient comes from one sort and one sparse product
-    (:func:`_row_gradient`).
-    """
-
-    @staticmethod
-    def forward(ctx, emb: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,  # type: ignore[override]
-                live: torch.Tensor | None) -> torch.Tensor:
-        B, K = ids.shape
-        rows = weight.index_select(0, ids.reshape(-1)).view(B, K, weight.shape[1])
-        ctx.save_for_backward(emb, rows, ids, live)
-        ctx.shape = weight.shape
-        return torch.bmm(rows, emb.unsqueeze(2)).squeeze(2)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        emb, rows, ids, live = ctx.saved_tensors
-        if live is not None:
-            grad = torch.where(live, grad, grad.new_zeros(()))
-        g_emb = g_w = None
-        if ctx.needs_input_grad[0]:
-            g_emb = torch.bmm(grad.unsqueeze(1), rows).squeeze(1)
-        if ctx.needs_input_grad[1]:
-            g_w = _row_gradient(ids, grad, emb, live, ctx.shape)
-        return g_emb, g_w, None, None
-
-
-class _SparseScores(torch.autograd.Function):
-    """Scores ``s[b, k] = sum_f x[b, f] * W[ids[b, k], f]`` from the non-zeros of ``x`` only.
-
-    The linear model's embedding is the sparse input itself (d = D): a dense ``x @ W_U.T``
-    costs O(B U D) forward and again backward, while this gather product costs
-    O(K nnz(x)), and its gradient for ``W`` holds only the rows of live entries (row-sparse,
-    for SparseAdam), or is dense when ``sparse_grad`` is False.  ``x`` gets no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor,  # type: ignore[override]
-                live: torch.Tensor | None, row: torch.Tensor, col: torch.Tensor,
-                val: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
-        B, K = ids.shape
-        D = weight.shape[1]
-        # Each non-zero x[b, f] meets the K labels of its row: a [K, nnz] gather of W[ids, f]
-        # (label-major, so one label's reads stay within its row of W).
-        idsT = ids.T[:, row]                                              # [K, nnz]
-        prod = weight.reshape(-1)[idsT * D + col] * val
-        s = torch.zeros(K, B, dtype=weight.dtype, device=weight.device).index_add_(1, row, prod)
-        ctx.save_for_backward(ids, idsT, live, row, col, val)
-        ctx.shape, ctx.sparse_grad = weight.shape, sparse_grad
-        return s.T
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        ids, idsT, live, row, col, val = ctx.saved_tensors
-        L, D = ctx.shape
-        if live is not None:
-            grad = grad * live
-        gt = (grad.T[:, row] * val).reshape(-1)                          # [K nnz]
-        if not ctx.sparse_grad:
-            dense = torch.zeros(L * D, dtype=grad.dtype, device=grad.device)
-            dense.index_add_(0, (idsT * D + col).reshape(-1), gt)
-            return dense.view(L, D), *(None,) * 6
-        uniq = torch.unique(ids if live is None else ids[live])  # rows of live entries only
-        # Entries that are not live have a zero gradient: any in-range row index will do.
-        pos = torch.searchsorted(uniq, ids).clamp_(max=max(uniq.numel() - 1, 0)).T[:, row]
-        rows = torch.zeros(uniq.numel() * D, dtype=grad.dtype, device=grad.device)
-        if uniq.numel():
-            rows.index_add_(0, (pos * D + col).reshape(-1), gt)
-        out = torch.sparse_coo_tensor(uniq.unsqueeze(0), rows.view(-1, D), (L, D),
-                                      is_coalesced=True, check_invariants=False)
-        return out, *(None,) * 6
-
-
 class XMCModel(nn.Module):
     """Encoder + extreme classifier ``f = W E_x (+ bias)``.
 
@@ -287,16 +178,12 @@ class XMCModel(nn.Module):
         in the sparse gradient: padding and duplicates are not in the loss, and SparseAdam
         would otherwise move their rows with the old momentum.
 
-        ``path``: ``"gather"`` gathers a ``[B, K, d]`` block of label rows and takes per-row
-        dot products (``einsum('bd,bkd->bk')``), cost O(B K d) independent of L; ``"unique"``
-        gathers the U distinct labels once and computes ``emb @ W_U.T``, cost O(U d + B U d),
-        lighter in memory when d is large (the linear model, d = D).  ``"auto"`` picks gather
-        unless its block would exceed :attr:`gather_limit` elements and the unique path needs
-        less memory.  ``"sparse"`` (for an ``emb`` that needs no gradient, such as the linear
-        model's input x) multiplies only the non-zeros of ``emb`` with the gathered weights,
-        cost O(K nnz(emb)); ``"auto"`` takes it for a wide ``emb`` (d >= 256) without
-        gradient and at most :data:`SPARSE_DENSITY` non-zeros.  All give the same values and
-        gradients (up to float rounding).
+        ``path`` chooses among the fast paths (:mod:`xmcviz.core.fast.score`): ``"gather"``
+        (a fused gather + score), ``"unique"`` (the distinct labels gathered once, for large
+        d), ``"sparse"`` (only the non-zeros of an ``emb`` that needs no gradient, such as
+        the linear model's x) or ``"auto"`` (picked from the shapes).  All give the
+        reference's values and gradients up to float rounding; with the fast paths off
+        (:func:`xmcviz.core.fast.enabled`) the reference runs whatever ``path`` says.
         """
         check_choice("path", path, SCORE_PATHS)
         if ids.dim() != 2 or ids.shape[0] != emb.shape[0]:
@@ -306,69 +193,25 @@ class XMCModel(nn.Module):
         if path == "sparse" and emb.requires_grad:
             raise ValueError("path='sparse' gives no gradient to emb, which requires one: "
                              "allowed for inputs without gradient (the linear model's x)")
-        nz = self._sparse_input(emb) if path == "auto" else None
-        if path == "sparse":
-            nz = emb.detach().nonzero(as_tuple=True)
-        if nz is not None:
-            row, col = nz
-            s = _SparseScores.apply(self.W, ids, mask, row, col, emb.detach()[row, col],
-                                    self.sparse_grad)
-        else:
-            s = self._dense_scores(emb, ids, mask, path)
+        if fast.enabled():
+            s = fast_scores(self, emb, ids, mask, path)
+        else:  # the reference: gather the [B, K, d] label rows, one dot product each
+            s = torch.einsum("bd,bkd->bk", emb, self.rows(self.W, ids, mask))
         if self.bias is not None:
-            s = s + self._rows(self.bias, ids, mask)
+            s = s + self.rows(self.bias, ids, mask)
         if mask is not None:
             # The loss ignores masked entries; detaching them makes "no gradient" exact for
             # any caller (their rows are already out of the sparse gradient).
             s = torch.where(mask, s, s.detach())
         return s
 
-    # ------------------------------------------------------------------ internals
-    def _rows(self, weight: torch.Tensor, ids: torch.Tensor,
-              live: torch.Tensor | None) -> torch.Tensor:
-        """``weight[ids]`` with the gradient this model trains with (sparse or dense)."""
+    def rows(self, weight: torch.Tensor, ids: torch.Tensor,
+             live: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight[ids]`` (rows of ``W`` or entries of ``bias``) with the gradient this model
+        trains with: dense, or (``sparse_grad``) sparse holding only the ids where ``live``."""
         if not self.sparse_grad:
             return weight[ids]
-        if live is None and weight.dim() == 2:
-            return F.embedding(ids, weight, sparse=True)
         return _GatherRows.apply(weight, ids, live)
-
-    def _dense_scores(self, emb: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
-                      path: str) -> torch.Tensor:
-        """``w_j^T emb`` without the bias by the gather or the unique-ids path."""
-        B, K = ids.shape
-        unique, u = self._use_unique(B * K, ids, path, B)
-        if not unique:
-            if self.sparse_grad:  # one fused gather + score with a lean backward
-                return _GatherScores.apply(emb, self.W, ids, mask)
-            return torch.einsum("bd,bkd->bk", emb, self._rows(self.W, ids, mask))
-        uniq, inv = u
-        inv = inv.view(B, K)
-        live_u = None
-        if mask is not None:  # a distinct label is live if any live entry refers to it
-            live_u = torch.zeros(uniq.shape, dtype=torch.bool, device=ids.device)
-            live_u[inv[mask]] = True
-        return (emb @ self._rows(self.W, uniq, live_u).T).gather(1, inv)
-
-    def _sparse_input(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The non-zeros ``(row, col)`` of a wide, mostly-zero ``emb`` that needs no gradient
-        (the linear model's x); None for any other ``emb``.  One scan finds and counts them."""
-        if emb.requires_grad or emb.dim() != 2 or emb.shape[1] < 256:
-            return None
-        row, col = emb.detach().nonzero(as_tuple=True)
-        return (row, col) if row.numel() <= SPARSE_DENSITY * emb.numel() else None
-
-    def _use_unique(self, n_pairs: int, ids: torch.Tensor, path: str, num_rows: int
-                    ) -> tuple[bool, tuple[torch.Tensor, torch.Tensor] | None]:
-        if path == "gather":
-            return False, None
-        if path == "auto" and n_pairs * self.dim <= self.gather_limit:
-            return False, None
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        if path == "unique":
-            return True, (uniq, inv)
-        U = uniq.numel()
-        return U * self.dim + num_rows * U < n_pairs * self.dim, (uniq, inv)
 
 
 def build_model(kind: str, num_features: int, num_labels: int, hidden: int = 128,

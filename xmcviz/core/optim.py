@@ -7,13 +7,14 @@ both moments are gathered, updated densely and written back, and the step is ``i
 into the parameter.  Nothing of size L is allocated or scanned after the first step (which
 allocates the two moment matrices, as SparseAdam does).
 
-At large L the touched rows are scattered over matrices far larger than the caches, so a step
-is dominated by memory latency per touched row (see ``benchmarks/RESULTS.md``).  On the CPU the
-update runs as one fused, vectorised pass (:mod:`xmcviz.core.fast.cpu_kernels`, numba): 11.5 ms instead
-of 31 ms for the five torch passes below at L = 1M in the step benchmark.  The torch ops remain the path
-on CUDA, for float64, and without numba.  An interleaved ``[L, 2, d]`` moment buffer was
-measured and not kept: the page walk it saves is lost again in elementwise ops on strided
-halves, and it would make the state's tensors views.
+The update below (:func:`adam_rows`, torch ops) is the reference.  At large L the touched rows
+are scattered over matrices far larger than the caches, so a step is dominated by memory
+latency per touched row, and the reference's five passes over them cost more than its
+arithmetic; on the CPU a fused numba kernel (:func:`xmcviz.core.fast.cpu_kernels.fused_adam_rows`)
+makes one pass instead, when the fast paths are on (:func:`xmcviz.core.fast.enabled`).  The
+moments stay two separate ``[L, d]`` tensors (an interleaved ``[L, 2, d]`` buffer saves page
+walks but loses them again in elementwise ops on strided halves, and would make the state's
+tensors views).
 
 The state is SparseAdam's: ``step``, ``exp_avg``, ``exp_avg_sq``.
 """
@@ -25,7 +26,7 @@ import torch
 
 from .fast.cpu_kernels import fused_adam_rows, kernels_available
 
-__all__ = ["RowSparseAdam", "coalesce_rows"]
+__all__ = ["RowSparseAdam", "adam_rows", "coalesce_rows"]
 
 
 def coalesce_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,16 +46,33 @@ def coalesce_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, out.index_add_(0, inv, vals)
 
 
+def adam_rows(weight: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+              ids: torch.Tensor, grad: torch.Tensor, beta1: float, beta2: float, eps: float,
+              step_size: float) -> None:
+    """One Adam step on rows ``ids`` (distinct) of ``weight`` with row gradients ``grad``, in
+    place (the reference of :func:`~xmcviz.core.fast.cpu_kernels.fused_adam_rows`).
+
+    ``m <- lerp(m, g, 1 - beta1)``, ``v <- beta2 v + (1 - beta2) g^2``,
+    ``w <- w - step_size * m / (sqrt(v) + eps)``, where ``step_size`` already holds Adam's
+    bias corrections.  Rows not in ``ids`` are neither read nor written."""
+    m = exp_avg.index_select(0, ids)
+    v = exp_avg_sq.index_select(0, ids)
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg.index_copy_(0, ids, m)
+    exp_avg_sq.index_copy_(0, ids, v)
+    weight.index_add_(0, ids, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
+
+
 class RowSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with a row-gather step: same algorithm, state and state_dict.
 
-    For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`); on the CPU
-    update the touched rows in one fused pass (:func:`xmcviz.core.fast.cpu_kernels.fused_adam_rows`);
-    otherwise gather the touched rows of the two moments (``index_select``), update them
-    densely (``lerp_`` / ``addcmul_``), write them back (``index_copy_``) and ``index_add_``
-    the bias-corrected step into the parameter.  Rows not in the gradient are neither read
-    nor written (no momentum on untouched rows, as SparseAdam).  Results agree with SparseAdam to float
-    rounding (sums of duplicate rows may be taken in another order).
+    For each parameter with a sparse gradient: coalesce it (:func:`coalesce_rows`) and update
+    the touched rows (:func:`adam_rows`: gather the rows of both moments, update them densely,
+    write them back, ``index_add_`` the bias-corrected step into the parameter; on the CPU the
+    fused kernel does the same in one pass).  Rows not in the gradient are neither read nor
+    written (no momentum on untouched rows, as SparseAdam).  Results agree with SparseAdam to
+    float rounding (sums of duplicate rows may be taken in another order).
     """
 
     @torch.no_grad()
@@ -84,16 +102,10 @@ class RowSparseAdam(torch.optim.SparseAdam):
                     g = -g
                 t = state["step"]
                 step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                args = (p.data, state["exp_avg"], state["exp_avg_sq"], idx, g,
+                        beta1, beta2, eps, step_size)
                 if kernels_available(p, state["exp_avg"], state["exp_avg_sq"], g):
-                    # One pass over the touched rows (memory-bound at large L).
-                    fused_adam_rows(p.data, state["exp_avg"], state["exp_avg_sq"], idx, g,
-                                    beta1, beta2, eps, step_size)
-                    continue
-                m = state["exp_avg"].index_select(0, idx)
-                v = state["exp_avg_sq"].index_select(0, idx)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, idx, m)
-                state["exp_avg_sq"].index_copy_(0, idx, v)
-                p.index_add_(0, idx, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
+                    fused_adam_rows(*args)  # the fast path: one pass over the touched rows
+                else:
+                    adam_rows(*args)
         return loss

@@ -14,24 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 __all__ = ["RunDir", "JsonlWriter", "read_jsonl", "truncate_jsonl", "atomic_write_bytes",
-           "atomic_write_json", "save_checkpoint", "load_checkpoint", "environment_info",
-           "RunDirNotEmpty"]
+           "atomic_write_json", "json_safe", "RESULTS_FILE", "save_checkpoint", "load_checkpoint",
+           "environment_info", "RunDirNotEmpty"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 HOOKS = "hooks"
+#: What a notebook writes to its ``output_dir``: the contract between notebooks and ``xmcviz sweep``.
+RESULTS_FILE = "results.json"
 
 
 class RunDirNotEmpty(ValueError):
@@ -77,16 +80,42 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
+def _json_leaf(o: Any) -> Any:
+    """``o`` as a plain JSON type when it is one of the non-JSON types we write (numpy scalars and
+    arrays, paths, torch devices, sets, tuples); ``o`` itself otherwise."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
     if isinstance(o, (Path, torch.device)):
         return str(o)
     if isinstance(o, (set, tuple)):
         return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    # json.dumps hook: the same conversions as json_safe, leaving NaN as NaN (metrics logs).
+    converted = _json_leaf(o)
+    if converted is o:
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return converted
+
+
+def json_safe(v: Any) -> Any:
+    """Plain, strict JSON types: numpy scalars and arrays to Python, NaN/inf to None, tuples and
+    sets to lists, paths to strings.
+
+    Results files (``results.json``, written by :class:`xmcviz.notebook.experiment.Experiment`
+    and collected by ``xmcviz sweep``) and the sweep's results table go through it."""
+    v = _json_leaf(v)
+    if isinstance(v, Mapping):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 class JsonlWriter:

@@ -3,10 +3,24 @@
 Used by the ``top`` sampler, by evaluation and by the rank instruments.  Scores
 are ``emb @ W.T (+ bias)``; labels are processed in chunks of ``label_chunk``
 and a running top-k is merged, so memory is O(B * (k + label_chunk)).
+:func:`label_chunk_for` picks the chunk that keeps one score block near a fixed size
+whatever the batch, so memory stays bounded at any L.
 """
 from __future__ import annotations
 
 import torch
+
+from ..validation import check_int
+
+# Scores in one [rows, label_chunk] block: 16M float32 = 64 MB (plus topk's workspace).
+BLOCK_ELEMENTS = 1 << 24
+
+
+def label_chunk_for(rows: int, max_elements: int = BLOCK_ELEMENTS) -> int:
+    """Labels per chunk so that a [rows, chunk] score block holds about ``max_elements``
+    (at least 1024 labels, so a chunk is never too thin for a matrix product to be efficient)."""
+    rows = check_int("rows", rows, 1)
+    return max(1024, check_int("max_elements", max_elements, 1) // rows)
 
 
 def topk_labels(emb: torch.Tensor, W: torch.Tensor, k: int, *, bias: torch.Tensor | None = None,
@@ -90,6 +104,14 @@ def true_ranks(emb: torch.Tensor, W: torch.Tensor, ids: torch.Tensor, *,
 
 
 def _count_higher(s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per row, how many entries of ``s`` [B, n] exceed each ``target`` [B, K]."""
-    s_sorted, _ = torch.sort(s, dim=1)
-    return s_sorted.shape[1] - torch.searchsorted(s_sorted, target.contiguous(), right=True)
+    """Per row, how many entries of ``s`` [B, n] exceed each ``target`` [B, K].
+
+    Each score is placed among the row's K sorted targets (O(n log K), not a sort of the n
+    scores): a score above p targets counts for those p, so the count of a target is the
+    number of scores placed above it, a suffix sum of the placements."""
+    t_sorted, order = torch.sort(target, dim=1)
+    above = torch.searchsorted(t_sorted, s.contiguous())     # targets strictly below each score
+    hist = torch.zeros(s.shape[0], target.shape[1] + 1, dtype=torch.int64, device=s.device)
+    hist.scatter_add_(1, above, torch.ones_like(above))
+    higher = hist.flip(1).cumsum(1).flip(1)[:, 1:]          # scores above sorted target j
+    return torch.empty_like(higher).scatter_(1, order, higher)

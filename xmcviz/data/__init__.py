@@ -23,6 +23,7 @@ from . import cache as _cache
 from . import registry as _registry
 from . import synthetic as _synthetic_module
 from . import xc_format
+from ..validation import check_int
 from .dataset import Dataset
 from .errors import DataFormatError
 from .registry import benchmarks, propensity_constants
@@ -177,9 +178,8 @@ def load(path: str | os.PathLike | None = None, *, train: str | os.PathLike | No
         for p in (train_p, test_p):
             if not p.is_file():
                 raise FileNotFoundError(f"no such file: {p}")
-    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
-                                   or num_labels < 1):
-        raise ValueError(f"num_labels={num_labels!r} is out of range: allowed >= 1")
+    if num_labels is not None:
+        num_labels = check_int("num_labels", num_labels, 1)
     fmt_tr = "arff" if _is_arff(train_p) else "xc"
     fmt_te = "arff" if _is_arff(test_p) else "xc"
     if fmt_tr != fmt_te:

@@ -8,9 +8,10 @@ companion ``NAME.xml`` lists them (``<label name="..."/>``, possibly nested in
 hierarchical files). Labels are found by name when the XML is given, and are otherwise
 the last ``num_labels`` attributes; every other attribute is a feature, in file order.
 
-The data section is parsed with the vectorised scans of :mod:`xmcviz.data.xc_format`
-(sparse rows are rewritten as ``col:val`` tokens first); a slow per-line check then
-names the first bad line for any problem the scans detect.
+The data section is streamed in chunks of lines, each parsed with the vectorised scans of
+:mod:`xmcviz.data.xc_format` (sparse rows are rewritten as ``col:val`` tokens first), into
+matrices that grow in place; a slow per-line check names the first bad line for any
+problem the scans detect.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import DataFormatError
-from .xc_format import (_NUM_LIST_CHARS, _Bad, _check_id, _check_value, _csr, _first,
-                        _scan_id_list, _scan_pairs, _shorten)
+from .xc_format import (_NUM_LIST_CHARS, PROGRESS_BYTES, _Bad, _check_id, _check_value,
+                        _csr, _CSRBuilder, _first, _line_chunks, _scan_id_list, _scan_pairs,
+                        _shorten)
 
 __all__ = ["ArffAttribute", "ArffFile", "find_mulan_xml", "read_arff", "read_mulan_xml"]
 
@@ -116,13 +118,17 @@ def _parse_attribute(path: Path, lineno: int, text: str) -> ArffAttribute:
                                         "numeric types and numeric sets like {0,1} are supported")
 
 
-def _read_header(path: Path, raw: bytes) -> tuple[str, list[ArffAttribute], int, int]:
-    """(relation, attributes, line number of @data, byte offset where the data starts)."""
-    m = _DATA_LINE.search(raw)
-    head = raw[: m.start()] if m else raw
-    head_lines = head.split(b"\n")
+def _read_header(path: Path, f) -> tuple[str, list[ArffAttribute], int]:
+    """(relation, attributes, line number of @data), reading ``f`` up to the @data line."""
     relation, attrs = "", []
-    for lineno, bline in enumerate(head_lines, 1):
+    lineno, last, seen = 0, 0, False  # last: the last line that is not empty
+    for bline in f:
+        lineno += 1
+        if bline.rstrip(b"\n"):
+            last = lineno
+        seen = seen or bool(bline.strip())
+        if _DATA_LINE.match(bline.rstrip(b"\n")):
+            return relation, attrs, lineno
         text = bline.decode("utf-8", "replace").strip()
         low = text.lower()
         if not text or text.startswith("%"):
@@ -134,12 +140,11 @@ def _read_header(path: Path, raw: bytes) -> tuple[str, list[ArffAttribute], int,
         else:
             raise DataFormatError(path, lineno, f"unexpected line in the ARFF header: "
                                                 f"{_shorten(text)!r}")
-    if m is None:
-        last = len(raw.rstrip(b"\n").split(b"\n"))
-        raise DataFormatError(path, last, "no @data line: the file ends inside the ARFF header "
-                                          "(not an ARFF file, or truncated)")
-    data_line = head.count(b"\n") + 1
-    return relation, attrs, data_line, m.end()
+    if not seen:
+        raise DataFormatError(path, 1, "empty file: expected an ARFF header (@relation, "
+                                       "@attribute lines, @data)")
+    raise DataFormatError(path, max(last, 1), "no @data line: the file ends inside the ARFF "
+                                              "header (not an ARFF file, or truncated)")
 
 
 def _label_columns(path: Path, attrs: list[ArffAttribute], data_line: int,
@@ -260,47 +265,16 @@ def _in_lines(offsets: np.ndarray, parse, *args):
         raise _Bad(offsets[min(b.row, offsets.size - 1)], b.reason) from None
 
 
-def read_arff(path: str | os.PathLike, num_labels: int | None = None,
-              xml: str | os.PathLike | None = None) -> ArffFile:
-    """Read a Mulan multi-label ARFF file.
-
-    Labels are the attributes named in ``xml`` (a Mulan label list) when given, else the
-    last ``num_labels`` attributes. When both are given they must agree on the count.
-    Returns float32 CSR ``X`` (explicit zeros dropped) and binary float32 CSR ``Y``, with
-    sorted indices; ``label_names`` from the XML or the attribute names.
-    Raises ``DataFormatError`` ("FILE:LINE: what") for malformed input.
-    """
-    path = Path(path)
-    xml = Path(xml) if xml is not None else None
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataFormatError(path, 1, "empty file: expected an ARFF header (@relation, "
-                                       "@attribute lines, @data)")
-    relation, attrs, data_line, data_start = _read_header(path, raw)
-    names = read_mulan_xml(xml) if xml is not None else None
-    if names is not None and num_labels is not None and num_labels != len(names):
-        raise DataFormatError(xml, 1, f"lists {len(names)} labels but num_labels={num_labels}")
-    label_cols = _label_columns(path, attrs, data_line, names, num_labels, xml)
-    n_attr = len(attrs)
-    is_label = np.zeros(n_attr, dtype=bool)
-    is_label[label_cols] = True
-    for c in label_cols:
-        a = attrs[c]
-        if a.values is not None and not set(a.values) <= {"0", "1"}:
-            raise DataFormatError(path, a.line, f"label attribute {a.name!r} must be binary "
-                                                f"{{0,1}}, not {{{','.join(a.values)}}}")
-    # New column of each attribute within X (features) or Y (labels).
-    new_col = np.empty(n_attr, dtype=np.int64)
-    new_col[~is_label] = np.arange(n_attr - label_cols.size)
-    new_col[label_cols] = np.arange(label_cols.size)
-
-    lines = raw[data_start:].split(b"\n")[1:]  # [0] is the rest of the @data line
-    first_line = data_line + 1
+def _parse_rows(path: Path, lines: list[bytes], first_line: int, attrs: list[ArffAttribute],
+                is_label: np.ndarray, new_col: np.ndarray, n_feat: int,
+                n_lab: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(X, Y) of the data lines ``lines`` (``first_line``: the number of the first one);
+    comments and blank lines are skipped. ``DataFormatError`` names the first bad line."""
     stripped = [ln.strip() for ln in lines]
     rows = np.array([i for i, s in enumerate(stripped) if s and not s.startswith(b"%")],
                     dtype=np.int64)  # offsets in `lines` of the data rows
     is_sparse = np.array([stripped[i].startswith(b"{") for i in rows], dtype=bool)
-    n_feat, n_lab = n_attr - label_cols.size, label_cols.size
+    n_attr = len(attrs)
     try:  # each _Bad.row below is an offset in `lines`
         parts_r, parts_c, parts_v = [], [], []
         sparse_rows, dense_rows = rows[is_sparse], rows[~is_sparse]
@@ -348,8 +322,63 @@ def read_arff(path: str | os.PathLike, num_labels: int | None = None,
             if reason:
                 raise DataFormatError(path, first_line + int(i), reason) from None
         raise DataFormatError(path, first_line + bad.row, bad.reason) from None
+    return X, Y
+
+
+def read_arff(path: str | os.PathLike, num_labels: int | None = None,
+              xml: str | os.PathLike | None = None, progress: bool | None = None) -> ArffFile:
+    """Read a Mulan multi-label ARFF file.
+
+    Labels are the attributes named in ``xml`` (a Mulan label list) when given, else the
+    last ``num_labels`` attributes. When both are given they must agree on the count.
+    Returns float32 CSR ``X`` (explicit zeros dropped) and binary float32 CSR ``Y``, with
+    sorted indices; ``label_names`` from the XML or the attribute names.
+    Raises ``DataFormatError`` ("FILE:LINE: what") for malformed input.
+
+    The data section is streamed in chunks of lines into matrices that grow in place;
+    ``progress`` shows a tqdm bar (default: for files of ``PROGRESS_BYTES`` or more).
+    """
+    path = Path(path)
+    xml = Path(xml) if xml is not None else None
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        relation, attrs, data_line = _read_header(path, f)
+        names = read_mulan_xml(xml) if xml is not None else None
+        if names is not None and num_labels is not None and num_labels != len(names):
+            raise DataFormatError(xml, 1, f"lists {len(names)} labels but "
+                                          f"num_labels={num_labels}")
+        label_cols = _label_columns(path, attrs, data_line, names, num_labels, xml)
+        n_attr = len(attrs)
+        is_label = np.zeros(n_attr, dtype=bool)
+        is_label[label_cols] = True
+        for c in label_cols:
+            a = attrs[c]
+            if a.values is not None and not set(a.values) <= {"0", "1"}:
+                raise DataFormatError(path, a.line, f"label attribute {a.name!r} must be binary "
+                                                    f"{{0,1}}, not {{{','.join(a.values)}}}")
+        # New column of each attribute within X (features) or Y (labels).
+        n_feat, n_lab = n_attr - label_cols.size, label_cols.size
+        new_col = np.empty(n_attr, dtype=np.int64)
+        new_col[~is_label] = np.arange(n_feat)
+        new_col[label_cols] = np.arange(n_lab)
+
+        X = _CSRBuilder(n_feat, None, with_data=True)
+        Y = _CSRBuilder(n_lab, None, with_data=False)
+        first_line = data_line + 1
+        if progress is None:
+            progress = size >= PROGRESS_BYTES
+        from tqdm.auto import tqdm
+        with tqdm(total=size, initial=f.tell(), unit="B", unit_scale=True,
+                  disable=not progress, desc=path.name) as bar:
+            for body in _line_chunks(f, bar if progress else None, clean=False):
+                lines = body.split(b"\n")
+                x, y = _parse_rows(path, lines, first_line, attrs, is_label, new_col,
+                                   n_feat, n_lab)
+                X.append(np.diff(x.indptr), x.indices, x.data)
+                Y.append(np.diff(y.indptr), y.indices, None)
+                first_line += len(lines)
     label_names = names if names is not None else [attrs[c].name for c in label_cols]
-    return ArffFile(X=X, Y=Y, path=path, relation=relation, attributes=attrs,
+    return ArffFile(X=X.matrix(), Y=Y.matrix(), path=path, relation=relation, attributes=attrs,
                     label_names=list(label_names),
                     feature_names=[a.name for a, lab_ in zip(attrs, is_label) if not lab_],
                     data_line=data_line)

@@ -25,7 +25,12 @@ Generative story (all of it vectorised numpy, one ``numpy.random.Generator`` see
    Gamma(3, 1/3)`` (document lengths vary), at least ``max(3, words_per_row // 8)``.
    Each token picks one of the row's labels uniformly and a word from that label's
    distribution.
-6. **Features.** Term counts become TF-IDF: ``(1 + log tf) * idf`` with the smoothed
+6. **Missing positives.** Each of a row's labels is then dropped from ``Y`` with probability
+   ``missing`` (train and test alike; a row keeps at least one label), *after* its words were
+   written: the text still shows the label, the annotation does not, as with tags nobody
+   added.  Frequent labels lose the most positives, so they become the high-scoring
+   non-positives that a hard-negative sampler finds: false negatives.
+7. **Features.** Term counts become TF-IDF: ``(1 + log tf) * idf`` with the smoothed
    ``idf = log((1 + N_train) / (1 + df)) + 1`` computed on the training rows; every row
    is then L2-normalised. ``X`` is float32 CSR, ``Y`` binary float32 CSR.
 
@@ -72,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "cluster_weight": 0.45,
     "background_weight": 0.3,
     "word_zipf_exponent": 1.0,
+    "missing": 0.0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -94,6 +100,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "wiki10-like": dict(n_train=14000, n_test=6600, num_features=30000, num_labels=30000,
                         num_clusters=2000, mean_labels=18.0, words_per_row=400, own_words=10,
                         cluster_words=60, zipf_exponent=1.0),
+    # Delicious' shape (12,920 / 3,185 rows, 500 features, 983 labels, 19 labels per row) with
+    # its phenomena: many positives per row, strong head labels, and a third of the positives
+    # missing from the annotation (step 6), so hard negatives are often missing head positives.
+    "delicious-like": dict(n_train=12900, n_test=3200, num_features=500, num_labels=1000,
+                           num_clusters=60, mean_labels=26.0, max_labels=60, zipf_exponent=1.0,
+                           zipf_offset=3.0, cooccurrence=0.5, words_per_row=30, own_words=4,
+                           cluster_words=15, own_from_cluster=0.5, missing=0.3),
     # Scale tests: 300K labels with an Amazon-670K-like tail (median 3 training rows per label).
     "large": dict(n_train=300000, n_test=60000, num_features=100000, num_labels=300000,
                   num_clusters=20000, mean_labels=5.0, zipf_exponent=0.7, words_per_row=60),
@@ -160,6 +173,7 @@ def make_params(name_or_params: str | Mapping[str, Any]) -> tuple[str, dict[str,
         raise ValueError("own_weight + cluster_weight + background_weight=0 is out of range: "
                          "allowed > 0")
     q["word_zipf_exponent"] = check_float("word_zipf_exponent", p["word_zipf_exponent"], 0.0, 4.0)
+    q["missing"] = check_float("missing", p["missing"], 0.0, 1.0, high_inclusive=False)
     return name, q
 
 
@@ -246,6 +260,21 @@ def _words(rng: np.random.Generator, p: dict, Y: sp.csr_matrix,
     return counts
 
 
+def _drop_missing(rng: np.random.Generator, Y: sp.csr_matrix, missing: float) -> sp.csr_matrix:
+    """Step 6: drop each positive with probability ``missing``; a row keeps its first label
+    (in draw order) if all of them were dropped."""
+    drop = rng.random(Y.nnz) < missing
+    first = Y.indptr[:-1][np.diff(Y.indptr) > 0]
+    none_left = np.add.reduceat(~drop, first) == 0 if first.size else np.zeros(0, bool)
+    drop[first[none_left]] = False
+    keep = ~drop
+    counts = np.add.reduceat(keep.astype(np.int64), first) if first.size else np.zeros(0, np.int64)
+    per_row = np.zeros(Y.shape[0], dtype=np.int64)
+    per_row[np.diff(Y.indptr) > 0] = counts
+    indptr = np.concatenate(([0], np.cumsum(per_row)))
+    return sp.csr_matrix((Y.data[keep], Y.indices[keep], indptr), shape=Y.shape)
+
+
 def _tfidf(C: sp.csr_matrix, n_train: int) -> sp.csr_matrix:
     """(1 + log tf) * smoothed idf from the training rows, rows L2-normalised, float32."""
     X = C.astype(np.float64)
@@ -276,6 +305,8 @@ def generate(name_or_params: str | Mapping[str, Any], seed: int = 0) -> Dataset:
     n_rows = p["n_train"] + p["n_test"]
     Y = _labels(rng, p, prior, cluster, n_rows)
     X = _tfidf(_words(rng, p, Y, cluster), p["n_train"])
+    if p["missing"] > 0:
+        Y = _drop_missing(rng, Y, p["missing"])
     Y.sort_indices()
     X.sort_indices()
     prop_a, prop_b = propensity_constants(name)

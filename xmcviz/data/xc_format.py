@@ -6,12 +6,15 @@ A file is a header line ``N D L`` (rows, features, labels) and then one row per 
 
 Label ids and feature ids are 0-based. A row without labels starts with a space.
 
-Parsing is vectorised: the whole file is read at once, the label and feature parts of
-all rows are scanned as byte arrays with numpy and every number is converted in one C
-call (``np.fromstring``). Those scans only *detect* a problem; a slow per-line checker
-then re-reads the rows from the top to the first bad one, to name its line and what is
-wrong with it, so an error never surfaces as a numpy traceback. The scanning helpers are
-shared with the ARFF reader.
+The file is streamed in chunks of whole lines (:func:`read_xc`) and the CSR arrays grow in
+place, so memory stays close to the size of the result. Each chunk is parsed in one pass by
+a numba kernel (:mod:`xmcviz.data._xc_kernel`) when it accepts the chunk, and otherwise by
+vectorised numpy scans: the label and feature parts of all rows are scanned as byte arrays
+and every number is converted in one C call (``np.fromstring``). Those scans only *detect*
+a problem; a slow per-line checker then re-reads the chunk's rows from the top to the first
+bad one, to name its line and what is wrong with it, so an error never surfaces as a numpy
+traceback. The numpy path is the reference (``XMCVIZ_NUMBA=0`` uses it alone); its
+scanning helpers are shared with the ARFF reader.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -100,6 +103,8 @@ def _token_starts(sep: np.ndarray) -> np.ndarray:
 
 def _parse_floats(flat: bytes, expected: int, newlines: np.ndarray, what: str) -> np.ndarray:
     """All whitespace-separated numbers of ``flat``; ``_Bad`` if any token is not one."""
+    if expected == 0 and not flat.strip():  # np.fromstring refuses blanks alone
+        return np.zeros(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -303,24 +308,148 @@ def _diagnose(path: Path, lines: Sequence[bytes], bad: _Bad, first_line: int,
     return DataFormatError(path, first_line + max(bad.row, 0), bad.reason)
 
 
-def read_xc(path: str | os.PathLike) -> XCFile:
-    """Read one XC text file.
+# ---------------------------------------------------------------------------- streaming
+_CHUNK_BYTES = 16 << 20  # bytes read at a time; a chunk's temporaries are a few times this
+PROGRESS_BYTES = 100 << 20  #: files at least this large show a progress bar by default
+_TAB_CR = bytes.maketrans(b"\t", b" ")
 
-    Returns ``XCFile`` with float32 CSR ``X`` [N, D] (explicit zeros dropped) and binary
-    float32 CSR ``Y`` [N, L], both with sorted indices. Raises ``DataFormatError``
-    naming the file and 1-based line for anything malformed, and ``OSError`` when the
-    file cannot be read.
+
+def _clean(data: bytes) -> bytes:
+    """Windows line ends and tabs become the format's own separators."""
+    if b"\t" in data or b"\r" in data:
+        return data.translate(_TAB_CR, b"\r")
+    return data
+
+
+def _line_chunks(f, bar, clean: bool = True) -> Iterator[bytes]:
+    """The rest of ``f`` as chunks of whole lines joined by newlines (no final newline).
+
+    Blank lines at the very end of the file are not yielded; blank lines between others
+    are. ``clean``: tabs become spaces and carriage returns go (:func:`_clean`).
     """
-    path = Path(path)
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataFormatError(path, 1, "empty file: expected a header line 'N D L'")
-    # Windows line ends and tabs become the format's own separators.
-    raw = raw.translate(bytes.maketrans(b"\t", b" "), b"\r")
-    head, _, body = raw.partition(b"\n")
-    n, d, l = _parse_header(path, head)
-    body = body.rstrip(b"\n")  # blank lines at the end are not rows
-    lines = body.split(b"\n") if body else []
+    pending = b""  # starts at the beginning of a line
+    while True:
+        data = f.read(_CHUNK_BYTES)
+        if not data:
+            break
+        if bar is not None:
+            bar.update(len(data))
+        data = _clean(data) if clean else data
+        buf = pending + data if pending else data
+        cut = buf.rfind(b"\n")
+        core = buf[:cut].rstrip(b"\n") if cut >= 0 else b""
+        if not core:
+            pending = buf
+            continue
+        yield core
+        pending = buf[len(core) + 1:]  # blank lines held back: they may end the file
+    core = pending.rstrip(b"\n")
+    if core:
+        yield core
+
+
+class _Growing:
+    """A 1-D array filled in order: it grows in place (realloc), never copying what it holds."""
+
+    def __init__(self, dtype):
+        self._a = np.empty(0, dtype=dtype)
+        self.size = 0
+
+    def append(self, x: np.ndarray, expect: int) -> None:
+        """Append ``x``; ``expect`` is the final size guessed so far (grown to at once)."""
+        need = self.size + x.size
+        if need > self._a.size:
+            self._a.resize(max(need, expect), refcheck=False)
+        self._a[self.size:need] = x
+        self.size = need
+
+    def array(self) -> np.ndarray:
+        self._a.resize(self.size, refcheck=False)
+        return self._a
+
+
+class _CSRBuilder:
+    """Rows appended chunk by chunk; memory is the final matrix plus a small margin."""
+
+    def __init__(self, n_cols: int, expected_rows: int | None, with_data: bool):
+        self.n_cols, self.expected_rows = n_cols, expected_rows
+        idx = np.int32 if n_cols < 2**31 else np.int64
+        self.counts = _Growing(np.int64)
+        self.indices = _Growing(idx)
+        self.data = _Growing(np.float32) if with_data else None
+
+    def append(self, counts: np.ndarray, indices: np.ndarray, data: np.ndarray | None) -> None:
+        rows = self.counts.size + counts.size
+        nnz = self.indices.size + indices.size
+        if self.expected_rows is not None and rows < self.expected_rows:
+            # Room for the rows the header announces at the density seen so far, plus 2%.
+            expect = int(nnz * self.expected_rows / rows * 1.02) + 1024
+            self.counts.append(counts, self.expected_rows)
+        else:  # no (or a wrong) row count: grow geometrically
+            expect = int(nnz * 1.5) + 1024
+            self.counts.append(counts, int(rows * 1.5) + 1024)
+        self.indices.append(indices, expect)
+        if self.data is not None:
+            self.data.append(data, expect)
+
+    def matrix(self) -> sp.csr_matrix:
+        counts, indices = self.counts.array(), self.indices.array()
+        idx = np.int32 if max(self.n_cols, indices.size) < 2**31 else np.int64
+        indptr = np.zeros(counts.size + 1, dtype=idx)
+        np.cumsum(counts, out=indptr[1:], dtype=idx)
+        data = self.data.array() if self.data is not None else np.ones(indices.size, np.float32)
+        m = sp.csr_matrix((data, indices.astype(idx, copy=False), indptr),
+                          shape=(counts.size, self.n_cols), copy=False)
+        m.has_sorted_indices = True
+        return m
+
+
+# (y_counts, y_ids, x_counts, x_ids, x_vals) of a chunk: ids sorted per row, no explicit zeros.
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _use_kernel() -> bool:
+    return os.environ.get("XMCVIZ_NUMBA", "1") != "0"
+
+
+def _parse_chunk_fast(body: bytes, d: int, l: int) -> _Rows | None:
+    """Rows of ``body`` by the numba kernel; ``None`` for anything it does not accept."""
+    from . import _xc_kernel as K
+    buf = np.frombuffer(body, dtype=np.uint8)
+    n_lines = body.count(b"\n") + 1
+    idx = np.int32 if max(d, l) < 2**31 else np.int64
+    n_x, n_y = body.count(b":"), body.count(b",") + n_lines
+    y_counts, x_counts = np.empty(n_lines, np.int64), np.empty(n_lines, np.int64)
+    y_ids, x_ids, x_vals = np.empty(n_y, idx), np.empty(n_x, idx), np.empty(n_x, np.float32)
+    slow = [np.empty(n_x, np.int64) for _ in range(3)]
+    status, _, rows, ny, nx, ns, y_sorted, x_sorted, n_zero = K.parse_rows(
+        buf, d, l, y_counts, y_ids, x_counts, x_ids, x_vals, *slow)
+    if status != K.OK or rows != n_lines:
+        return None
+    y_ids, x_ids, x_vals = y_ids[:ny], x_ids[:nx], x_vals[:nx]
+    for t, s, e in zip(*(a[:ns].tolist() for a in slow)):  # rare: long or extreme values
+        v = float(body[s:e])
+        if not math.isfinite(v) or abs(v) > _F32_MAX:
+            return None
+        x_vals[t] = v
+    if ns:
+        n_zero = int(np.count_nonzero(x_vals == 0))
+    try:
+        if not y_sorted:
+            Y = _csr(y_counts, y_ids, None, l, "label id")
+            y_counts, y_ids = np.diff(Y.indptr), Y.indices
+        if not x_sorted or n_zero:
+            X = _csr(x_counts, x_ids, x_vals, d, "feature id")
+            X.eliminate_zeros()
+            x_counts, x_ids, x_vals = np.diff(X.indptr), X.indices, X.data
+    except _Bad:  # a duplicate id: the numpy path names it
+        return None
+    return y_counts, y_ids, x_counts, x_ids, x_vals
+
+
+def _parse_chunk_numpy(path: Path, body: bytes, first_line: int, d: int, l: int) -> _Rows:
+    """Rows of ``body`` by the numpy scans; ``DataFormatError`` for the first bad line."""
+    lines = body.split(b"\n")
     n_rows = len(lines)
     parts = [ln.partition(b" ") for ln in lines]
     lab_body = b"\n".join([p[0] for p in parts])
@@ -341,15 +470,65 @@ def read_xc(path: str | os.PathLike) -> XCFile:
         Y = _csr(lab_counts, lab_ids, None, l, "label id")
         X = _csr(feat_counts, fids, fvals, d, "feature id")
     except _Bad as bad:
-        raise _diagnose(path, lines, bad, 2, lambda t: _check_xc_line(t, d, l)) from None
+        raise _diagnose(path, lines, bad, first_line, lambda t: _check_xc_line(t, d, l)) from None
+    X.eliminate_zeros()
+    return np.diff(Y.indptr), Y.indices, np.diff(X.indptr), X.indices, X.data
+
+
+def _is_blank(f) -> bool:
+    """Whether the rest of ``f`` is whitespace only."""
+    while True:
+        data = f.read(_CHUNK_BYTES)
+        if not data:
+            return True
+        if data.strip():
+            return False
+
+
+def read_xc(path: str | os.PathLike, progress: bool | None = None) -> XCFile:
+    """Read one XC text file.
+
+    Returns ``XCFile`` with float32 CSR ``X`` [N, D] (explicit zeros dropped) and binary
+    float32 CSR ``Y`` [N, L], both with sorted indices. Raises ``DataFormatError``
+    naming the file and 1-based line for anything malformed, and ``OSError`` when the
+    file cannot be read.
+
+    The file is streamed in chunks of lines and the matrices grow in place, so memory
+    stays close to the size of the result. ``progress`` shows a tqdm bar (default: for
+    files of ``PROGRESS_BYTES`` or more).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = _clean(f.readline())
+        if not head.strip() and _is_blank(f):
+            raise DataFormatError(path, 1, "empty file: expected a header line 'N D L'")
+        n, d, l = _parse_header(path, head)
+        if progress is None:
+            progress = size >= PROGRESS_BYTES
+        from tqdm.auto import tqdm
+        X = _CSRBuilder(d, n, with_data=True)
+        Y = _CSRBuilder(l, n, with_data=False)
+        n_rows = 0
+        with tqdm(total=size, initial=len(head), unit="B", unit_scale=True, disable=not progress,
+                  desc=path.name) as bar:
+            for body in _line_chunks(f, bar if progress else None):
+                rows = None
+                if _use_kernel():
+                    rows = _parse_chunk_fast(body, d, l)
+                if rows is None:
+                    rows = _parse_chunk_numpy(path, body, n_rows + 2, d, l)
+                y_counts, y_ids, x_counts, x_ids, x_vals = rows
+                Y.append(y_counts, y_ids, None)
+                X.append(x_counts, x_ids, x_vals)
+                n_rows += y_counts.size
     if n_rows != n:
         if n_rows < n:
             raise DataFormatError(path, n_rows + 2, f"the header says {n} rows but the file "
                                                     f"ends after {n_rows} (truncated file?)")
         raise DataFormatError(path, n + 2, f"the header says {n} rows but the file has "
                                            f"{n_rows}: line {n + 2} is one too many")
-    X.eliminate_zeros()
-    return XCFile(X=X, Y=Y, path=path)
+    return XCFile(X=X.matrix(), Y=Y.matrix(), path=path)
 
 
 def write_xc(path: str | os.PathLike, X: sp.spmatrix, Y: sp.spmatrix) -> None:

@@ -10,26 +10,21 @@ from .base import Hook, RunInfo, StepContext
 from .frequency import LabelFrequency
 from .gradient import GradientDominance
 from .metrics_log import MetricsLog
+from .hidden import HiddenPositives
+from .popularity import NegativePopularity
 from .ranks import NegativeRanks
+from .staleness import IndexStaleness
 
 HOOKS: dict[str, type[Hook]] = {
     "ranks": NegativeRanks,
     "freq": LabelFrequency,
     "grad": GradientDominance,
     "metrics": MetricsLog,
+    "staleness": IndexStaleness,
+    "popularity": NegativePopularity,
+    "hidden": HiddenPositives,
 }
-DEFAULT_HOOKS = "ranks,freq,grad,staleness"
-
-
-def _register_staleness() -> None:
-    from .staleness import IndexStaleness
-    HOOKS["staleness"] = IndexStaleness
-
-
-try:  # the staleness hook needs faiss through the MIPS sampler
-    _register_staleness()
-except ImportError:  # pragma: no cover - faiss missing
-    pass
+DEFAULT_HOOKS = "ranks,freq,grad,staleness,popularity,hidden"
 
 
 def make_hooks(spec: str | None) -> list[Hook]:
@@ -55,4 +50,4 @@ def make_hooks(spec: str | None) -> list[Hook]:
 
 
 __all__ = ["Hook", "RunInfo", "StepContext", "NegativeRanks", "LabelFrequency", "GradientDominance",
-           "MetricsLog", "HOOKS", "DEFAULT_HOOKS", "make_hooks"]
+           "MetricsLog", "IndexStaleness", "NegativePopularity", "HiddenPositives", "HOOKS", "DEFAULT_HOOKS", "make_hooks"]

@@ -19,13 +19,14 @@ trajectory (use their own RNG, never the trainer's generator).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..samplers.base import NegativeSampler, Negatives, Positives
+from ..validation import check_int
 
 
 @dataclass
@@ -61,7 +62,6 @@ class StepContext:
     eta_ratio: float = 1.0
     steps_since_refresh: int | None = None
     refresh_interval: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Hook:
@@ -70,9 +70,7 @@ class Hook:
     name: str = "hook"
 
     def __init__(self, every: int = 1) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every={every!r} is out of range: allowed integers >= 1")
-        self.every = every
+        self.every = check_int("every", every, 1)
         self._subscribers: list[Callable[[dict], None]] = []
 
     # live subscribers -----------------------------------------------------

@@ -1,18 +1,29 @@
 """GradientDominance: the positive and negative terms of the embedding gradient.
 
 For each probe row, in closed form from the scores and W (no extra backward
-pass), with o_j = sigma(f_j) and the loss of SPEC section 1:
+pass), with o_j = sigma(f_j) and the loss of docs/background.md, section "Loss":
 
     g+ = eta_ratio * sum_{j pos} (o_j - 1) w_j          (positive term)
     g- = sum_{j in sampled negatives} o_j w_j            (sampled negative term)
     g-_full = sum_{j not pos} o_j w_j                    (all negatives: the full loss)
 
-Logged per row: ||g+||, ||g-||, ||g-_full||, cos(g+, g-) and the cosine between
-the sampled gradient g+ + g- and the full one g+ + g-_full.  With only the
-hardest negatives from scratch, ||g-|| / ||g+|| is large and the embeddings
-never move towards their positives (the "gradient dominance" of SPEC 1).
+Logged per row: ||g+||, ||g-||, ||g-_full||, cos(g+, g-), the cosine between
+the sampled gradient g+ + g- and the full one g+ + g-_full, and the state the
+gradient acts on:
 
-Files: ``hooks/grad.jsonl`` (per logged step: medians over the probe) and
+    sig_pos, sig_neg, sig_all = mean o_j over the positives, the sampled negatives
+                                and all labels (score trajectories);
+    emb_norm                  = ||E_x||.
+
+With only the hardest negatives from scratch, g- dominates the first steps; a
+network whose embedding ends in a ReLU can be pushed to E_x = 0 for most rows.
+Then every score is the label bias, the three sigma means coincide, and no
+gradient reaches the network again (docs/background.md, section "Gradient
+dominance").  For a linear model E_x = x is the fixed input: emb_norm is the
+input's norm and says nothing about training.
+
+Files: ``hooks/grad.jsonl`` (per logged step: medians over the probe, and
+``dead_fraction``, the share of probe rows with E_x = 0) and
 ``hooks/grad.bin`` (per probe row, dtype ``GRAD_DTYPE``).
 """
 from __future__ import annotations
@@ -24,14 +35,18 @@ from .base import StepContext
 from .recording import RecordingHook, to_numpy
 
 GRAD_DTYPE = np.dtype([("step", "<i8"), ("row", "<i4"), ("norm_pos", "<f4"), ("norm_neg", "<f4"),
-                       ("norm_neg_full", "<f4"), ("cos_pos_neg", "<f4"), ("cos_sampled_full", "<f4")])
+                       ("norm_neg_full", "<f4"), ("cos_pos_neg", "<f4"), ("cos_sampled_full", "<f4"),
+                       ("sig_pos", "<f4"), ("sig_neg", "<f4"), ("sig_all", "<f4"),
+                       ("emb_norm", "<f4")])
 
 
 def gradient_terms(emb: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
                    pos_ids: torch.Tensor, pos_mask: torch.Tensor, pos_scores: torch.Tensor,
                    neg_ids: torch.Tensor, neg_mask: torch.Tensor, neg_scores: torch.Tensor,
                    eta_ratio: float = 1.0, label_chunk: int = 65536) -> dict[str, torch.Tensor]:
-    """Return ``g_pos``, ``g_neg`` and ``g_neg_full`` ([B, d] each) for the rows of ``emb``."""
+    """Return ``g_pos``, ``g_neg`` and ``g_neg_full`` ([B, d] each) and ``sig_pos``, ``sig_neg``,
+    ``sig_all`` ([B]: mean o_j over the positives, the sampled negatives and all labels) for the
+    rows of ``emb``."""
     Wd = W.detach()
     coef_pos = (torch.sigmoid(pos_scores) - 1.0) * pos_mask * eta_ratio
     coef_neg = torch.sigmoid(neg_scores) * neg_mask
@@ -39,17 +54,30 @@ def gradient_terms(emb: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None
     g_neg = torch.einsum("bk,bkd->bd", coef_neg, Wd[neg_ids])
     # Full negative term: sum over every label, chunked, minus the positives.
     g_all = torch.zeros_like(emb)
+    sig_sum = torch.zeros(emb.shape[0], dtype=emb.dtype, device=emb.device)
     for start in range(0, Wd.shape[0], label_chunk):
         Wc = Wd[start:start + label_chunk]
         s = emb @ Wc.T
         if bias is not None:
             s = s + bias.detach()[start:start + label_chunk]
-        g_all += torch.sigmoid(s) @ Wc
+        o = torch.sigmoid(s)
+        g_all += o @ Wc
+        sig_sum += o.sum(dim=1)
     s_pos = (emb.unsqueeze(1) @ Wd[pos_ids].transpose(1, 2)).squeeze(1)
     if bias is not None:
         s_pos = s_pos + bias.detach()[pos_ids]
     g_pos_as_neg = torch.einsum("bk,bkd->bd", torch.sigmoid(s_pos) * pos_mask, Wd[pos_ids])
-    return {"g_pos": g_pos, "g_neg": g_neg, "g_neg_full": g_all - g_pos_as_neg}
+    pm, nm = pos_mask.to(emb.dtype), neg_mask.to(emb.dtype)
+    # Masked means; a row without any entry gives nan rather than a fake 0.
+    sig_pos = (torch.sigmoid(pos_scores) * pm).sum(1) / pm.sum(1)
+    sig_neg = (torch.sigmoid(neg_scores) * nm).sum(1) / nm.sum(1)
+    return {"g_pos": g_pos, "g_neg": g_neg, "g_neg_full": g_all - g_pos_as_neg,
+            "sig_pos": sig_pos, "sig_neg": sig_neg, "sig_all": sig_sum / Wd.shape[0]}
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else float("nan")
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -82,6 +110,9 @@ class GradientDominance(RecordingHook):
         rec["norm_neg_full"] = to_numpy(n_full)
         rec["cos_pos_neg"] = to_numpy(_cos(g["g_pos"], g["g_neg"]))
         rec["cos_sampled_full"] = to_numpy(_cos(g["g_pos"] + g["g_neg"], g["g_pos"] + g["g_neg_full"]))
+        for k in ("sig_pos", "sig_neg", "sig_all"):
+            rec[k] = to_numpy(g[k])
+        rec["emb_norm"] = to_numpy(ctx.emb[p].norm(dim=1))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = rec["norm_neg"] / rec["norm_pos"]
             ratio_full = rec["norm_neg_full"] / rec["norm_pos"]
@@ -95,5 +126,8 @@ class GradientDominance(RecordingHook):
             "norm_neg_full": float(np.median(rec["norm_neg_full"])),
             "cos_pos_neg": float(np.median(rec["cos_pos_neg"])),
             "cos_sampled_full": float(np.median(rec["cos_sampled_full"])),
+            **{k: _nanmedian(rec[k]) for k in ("sig_pos", "sig_neg", "sig_all", "emb_norm")},
+            # Rows whose embedding is exactly zero (all ReLU units off): no gradient reaches them.
+            "dead_fraction": float(np.mean(rec["emb_norm"] == 0)),
         }
         self.emit(summary, {"": rec})

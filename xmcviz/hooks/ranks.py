@@ -4,7 +4,7 @@ For the probe rows of a batch, each sampled negative's rank among all L labels
 under the *current* model (1 = highest score) is computed exactly — full
 scores for the probe rows only, chunked over labels (``xmcviz.core.topk``).  This is
 what shows MIPS-a's negatives drifting to easy ranks as its index goes stale
-(SPEC section 3.4).
+(see docs/background.md, section "Rank drift").
 
 Files: ``hooks/ranks.jsonl`` (one summary per logged step: median rank by
 source) and ``hooks/ranks.bin`` (one record per negative, dtype ``RANK_DTYPE``).
@@ -16,8 +16,10 @@ import torch
 
 from ..samplers.base import SOURCE_NAMES
 from ..core.topk import true_ranks
-from .base import StepContext
-from .recording import RecordingHook, interval_fields, to_numpy
+from .base import RunInfo, StepContext
+from .recording import RecordingHook, interval_fields, interval_for, to_numpy
+
+DEFAULT_EVERY = 20
 
 RANK_DTYPE = np.dtype([("step", "<i8"), ("epoch", "<i4"), ("steps_since_refresh", "<i4"),
                        ("refresh_interval", "<i4"), ("row", "<i4"), ("label", "<i4"),
@@ -30,9 +32,16 @@ class NegativeRanks(RecordingHook):
     name = "ranks"
     record_dtypes = {"": RANK_DTYPE}
 
-    def __init__(self, every: int = 20, probe: int = 50, label_chunk: int = 65536) -> None:
-        super().__init__(every, probe)
+    def __init__(self, every: int | None = None, probe: int = 50, label_chunk: int = 65536) -> None:
+        # None: every 20 steps, more at large L (recording.interval_for), set at train start.
+        super().__init__(DEFAULT_EVERY if every is None else every, probe)
+        self._auto_every = every is None
         self.label_chunk = label_chunk
+
+    def on_train_start(self, run: RunInfo) -> None:
+        if self._auto_every:
+            self.every = interval_for(DEFAULT_EVERY, run.num_labels)
+        super().on_train_start(run)
 
     @torch.no_grad()
     def before_update(self, ctx: StepContext) -> None:

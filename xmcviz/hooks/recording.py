@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..validation import check_int
 from .base import Hook, RunInfo
 from .storage import JsonlWriter, RecordWriter, truncate_jsonl, truncate_records
 
@@ -21,9 +22,7 @@ class RecordingHook(Hook):
 
     def __init__(self, every: int = 1, probe: int | None = None, seed: int = 0) -> None:
         super().__init__(every)
-        if probe is not None and (isinstance(probe, bool) or not isinstance(probe, int) or probe < 1):
-            raise ValueError(f"probe={probe!r} is out of range: allowed integers >= 1")
-        self.probe = probe
+        self.probe = None if probe is None else check_int("probe", probe, 1)
         self.seed = seed
         self.run: RunInfo | None = None
         self._jsonl: JsonlWriter | None = None
@@ -70,6 +69,18 @@ class RecordingHook(Hook):
             self._jsonl.close()
         for w in self._bins.values():
             w.close()
+
+
+#: Label count up to which the hooks that score every label for their probe rows (``ranks``,
+#: ``staleness``) keep their default interval; above it, when no interval was given, the interval
+#: grows in proportion to L, so their cost and their bytes per epoch stay bounded at any L.
+FULL_SCORE_LABELS = 131_072
+
+
+def interval_for(base: int, num_labels: int) -> int:
+    """The default interval of a full-scoring hook at ``num_labels`` labels (``base`` up to
+    :data:`FULL_SCORE_LABELS`, then proportional to L)."""
+    return max(int(base), round(base * num_labels / FULL_SCORE_LABELS))
 
 
 def interval_fields(ctx) -> dict:

@@ -19,8 +19,11 @@ import torch
 
 from ..samplers.faiss_index import MipsIndex
 from ..core.topk import topk_labels
-from .base import StepContext
-from .recording import RecordingHook, interval_fields
+from ..validation import check_int
+from .base import RunInfo, StepContext
+from .recording import RecordingHook, interval_fields, interval_for
+
+DEFAULT_EVERY = 10
 
 
 def find_index(sampler) -> MipsIndex | None:
@@ -43,11 +46,18 @@ class IndexStaleness(RecordingHook):
 
     name = "staleness"
 
-    def __init__(self, every: int = 10, probe: int = 50, k: int | None = None) -> None:
-        super().__init__(every, probe)
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k={k!r} is out of range: allowed integers >= 1")
-        self.k = k
+    def __init__(self, every: int | None = None, probe: int = 50, k: int | None = None) -> None:
+        # None: every 10 steps, more at large L (recording.interval_for), set at train start.
+        super().__init__(DEFAULT_EVERY if every is None else every, probe)
+        self._auto_every = every is None
+        self.k = None if k is None else check_int("k", k, 1)
+        self._snap_key: tuple | None = None
+        self._snap: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def on_train_start(self, run: RunInfo) -> None:
+        if self._auto_every:
+            self.every = interval_for(DEFAULT_EVERY, run.num_labels)
+        super().on_train_start(run)
 
     @torch.no_grad()
     def before_update(self, ctx: StepContext) -> None:
@@ -59,14 +69,27 @@ class IndexStaleness(RecordingHook):
         k = min(k, index.num_labels)
         p = self.probe_rows(ctx.emb.shape[0])
         emb = ctx.emb[p]
-        W_h, b_h = index.snapshot
+        W_h, b_h = self._snapshot_on(index, emb.device)
         bias = getattr(ctx.model, "bias", None)
         bias = None if bias is None else bias.detach()
         _, approx = index.search(emb, k)
         _, exact_now = topk_labels(emb, ctx.model.W.detach(), k, bias=bias)
-        _, exact_snap = topk_labels(emb, W_h.to(emb.device), k, bias=None if b_h is None else b_h.to(emb.device))
+        _, exact_snap = topk_labels(emb, W_h, k, bias=b_h)
         rec = {"step": ctx.step, "epoch": ctx.epoch, **interval_fields(ctx), "k": k,
                "recall": float(overlap(approx, exact_now).float().mean()) / k,
                "overlap_snapshot": float(overlap(exact_snap, exact_now).float().mean()) / k,
                "ann_recall": float(overlap(approx, exact_snap).float().mean()) / k}
         self.emit(rec)
+
+    def _snapshot_on(self, index: MipsIndex, device: torch.device):
+        """The index's snapshot ``(W_h, b_h)`` on ``device``: copied once per refresh when the
+        index lives elsewhere (faiss-cpu with a CUDA model), not at every logged step."""
+        W_h, b_h = index.snapshot
+        if W_h.device == device:
+            return W_h, b_h
+        key = (id(index), index.builds, W_h.data_ptr(), str(device))
+        if key != self._snap_key:
+            self._snap = None  # free the previous copy first
+            self._snap = (W_h.to(device), None if b_h is None else b_h.to(device))
+            self._snap_key = key
+        return self._snap

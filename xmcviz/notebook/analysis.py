@@ -69,6 +69,9 @@ def top_negative_labels(counts: pd.DataFrame, summary: pd.DataFrame, n: int = 10
 
     ``counts``/``summary`` are a run's ``hooks["freq"]`` / ``hooks["freq_summary"]``;
     only the ``steps`` windows are summed (``refresh`` windows count the same draws again).
+    Each window records at most its ``keep`` most drawn labels per source (the ``freq`` hook's
+    bound at large L), so counts are exact when no window had more distinct labels than that,
+    and otherwise a lower bound that still ranks the labels drawn most over the run first.
     """
     if counts.empty or summary.empty:
         return pd.DataFrame(columns=["label", "count", "share"])
@@ -81,7 +84,8 @@ def top_negative_labels(counts: pd.DataFrame, summary: pd.DataFrame, n: int = 10
 
 def batch_label_counts(records: pd.DataFrame, source: str = "mips",
                        step: int | None = None) -> tuple[int | None, np.ndarray, np.ndarray]:
-    """How often each label was drawn as a ``source`` negative at one logged step (SPEC 3.3).
+    """How often each label was drawn as a ``source`` negative at one logged step (see
+    docs/background.md, section "Label concentration").
 
     ``records``: per-negative records with ``step``, ``label``, ``source`` (the ``ranks``
     hook's, whose probe rows form the mini-batch).  ``step`` None: the first logged step with

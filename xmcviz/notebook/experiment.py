@@ -10,6 +10,10 @@ What a notebook does, as a small tested object::
     exp.finish()                                # final figures, always drawn
     exp.write(output_dir)                       # output_dir/results.json
 
+A run's config is a multi-label :class:`~xmcviz.core.config.TrainConfig` (trained by
+:class:`~xmcviz.core.trainer.Trainer`) or a first-label
+:class:`~xmcviz.softmax.trainer.SoftmaxConfig` (:class:`~xmcviz.softmax.trainer.SoftmaxTrainer`);
+both share the loop of :mod:`xmcviz.core.loop`, so their records reach the figures the same way.
 Every run gets fresh hooks built from the ``hooks`` spec (:func:`xmcviz.hooks.make_hooks`)
 plus a :class:`~xmcviz.hooks.MetricsLog`; their records reach the run's
 :class:`~xmcviz.notebook.live.LiveData` through the hooks' subscribers, and every record gives the
@@ -32,8 +36,12 @@ from ..hooks import MetricsLog, make_hooks
 from .live import LiveData, LiveFigure, Throttle
 from .plots import figure_data
 from ..core.rundir import atomic_write_bytes
-from ..sweep import RESULTS_FILE, json_safe  # results.json is the contract with `xmcviz sweep`
+from ..core.rundir import RESULTS_FILE, json_safe  # results.json: the contract with `xmcviz sweep`
+from ..core.loop import TrainingLoop, load_dataset
 from ..core.trainer import TrainConfig, Trainer
+from ..softmax.trainer import SoftmaxConfig, SoftmaxTrainer
+
+RunConfig = TrainConfig | SoftmaxConfig
 
 
 @dataclass
@@ -41,7 +49,7 @@ class RunResult:
     """One finished (or running) run: its settings, evaluations and instrument records."""
 
     label: str
-    config: TrainConfig
+    config: RunConfig
     data: LiveData = field(default_factory=LiveData)
     history: list[dict] = field(default_factory=list)
     num_labels: int | None = None
@@ -49,6 +57,7 @@ class RunResult:
     train_time_s: float | None = None
     wall_time_s: float | None = None
     finished: bool = False
+    trainer: TrainingLoop | None = None  # kept after the run with Experiment(keep_trainers=True)
 
     @property
     def final(self) -> dict:
@@ -57,17 +66,21 @@ class RunResult:
 
 
 class Experiment:
-    """Run labelled :class:`TrainConfig` s one after another with shared live figures.
+    """Run labelled configs (:class:`TrainConfig` or :class:`SoftmaxConfig`) one after another
+    with shared live figures.
 
-    ``hooks``: a :func:`make_hooks` spec for every run (e.g. ``"grad:5,ranks:2,freq"``).
-    ``live``: draw figures (False: build them only, e.g. in tests).  ``min_interval`` /
-    ``budget``: the shared redraw throttle (seconds between redraws, share of time).
+    ``hooks``: a :func:`make_hooks` spec for every run (e.g. ``"grad:5,ranks:2,freq"``; step
+    hooks apply to multi-label runs only).  ``live``: draw figures (False: build them only, e.g.
+    in tests).  ``min_interval`` / ``budget``: the shared redraw throttle (seconds between
+    redraws, share of time).  ``keep_trainers``: keep each finished run's trainer in
+    :attr:`RunResult.trainer` (its final parameters, e.g. for probes after training; memory).
     """
 
     def __init__(self, hooks: str = "", *, live: bool = True, min_interval: float = 1.0,
-                 budget: float = 0.03) -> None:
+                 budget: float = 0.03, keep_trainers: bool = False) -> None:
         make_hooks(hooks)  # validate the spec now, not at the first run
         self.hooks = hooks
+        self.keep_trainers = bool(keep_trainers)
         self.live = live
         self.throttle = Throttle(min_interval, budget)
         self.figures: dict[str, LiveFigure] = {}
@@ -104,15 +117,19 @@ class Experiment:
         return {name: fig.finish() for name, fig in self.figures.items()}
 
     # ------------------------------------------------------------------ runs
-    def dataset(self, config: TrainConfig):
+    def dataset(self, config: RunConfig):
         """The dataset ``config`` names, loaded once per ``(data, train, test, data_seed)``."""
         key = (config.data, config.train, config.test, config.data_seed)
         if key not in self._datasets:
-            self._datasets[key] = Trainer._load_data(config)
+            self._datasets[key] = load_dataset(config)
         return self._datasets[key]
 
-    def run(self, label: str, config: TrainConfig, dataset=None) -> RunResult:
-        """Train ``config`` under ``label`` (a new label, or one whose run failed)."""
+    def run(self, label: str, config: RunConfig, dataset=None) -> RunResult:
+        """Train ``config`` under ``label`` (a new label, or one whose run failed): a
+        :class:`TrainConfig` with :class:`Trainer`, a :class:`SoftmaxConfig` with
+        :class:`SoftmaxTrainer`."""
+        if not isinstance(config, (TrainConfig, SoftmaxConfig)):
+            raise TypeError(f"config={type(config).__name__}: allowed TrainConfig or SoftmaxConfig")
         if label in self.runs and self.runs[label].finished:
             raise ValueError(f"run label {label!r} is already used: allowed a new label")
         ds = self.dataset(config) if dataset is None else dataset
@@ -121,7 +138,8 @@ class Experiment:
         for h in hooks:
             h.subscribe(result.data.sink(h.name))
         result.data.on_record(lambda key, record: self.update())
-        trainer = Trainer(config, dataset=ds, hooks=hooks)
+        make = SoftmaxTrainer if isinstance(config, SoftmaxConfig) else Trainer
+        trainer: TrainingLoop = make(config, dataset=ds, hooks=hooks)
         result.num_labels = int(trainer.num_labels)
         result.steps_per_epoch = int(trainer.steps_per_epoch)
         self.runs[label] = result  # visible to the figures while it trains
@@ -130,11 +148,12 @@ class Experiment:
         result.wall_time_s = time.perf_counter() - t0
         result.train_time_s = float(trainer.time_s)
         result.history = [dict(r) for r in trainer.history]
+        result.trainer = trainer if self.keep_trainers else None
         result.finished = True
         self.update()
         return result
 
-    def run_all(self, configs: Mapping[str, TrainConfig]) -> dict[str, RunResult]:
+    def run_all(self, configs: Mapping[str, RunConfig]) -> dict[str, RunResult]:
         """:meth:`run` every ``label -> config`` in order, then :meth:`finish`."""
         for label, cfg in configs.items():
             self.run(label, cfg)

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .analysis import rank_medians_by_phase, top_negative_labels
+from .dynamics import describe_dynamics
 from ..core.run_reader import load_run
 
 
@@ -27,6 +28,7 @@ def summarise_run(path: str | Path, top: int = 10) -> str:
                      f"after {last.get('time_s', float('nan')):.1f} s of training")
     else:
         lines.append("evaluations: none yet")
+    lines += describe_dynamics(run)
     ranks = run.hooks.get("ranks")
     if ranks is not None and len(ranks):
         lines.append(f"negative ranks: {len(ranks)} logged; median {ranks['rank'].median():.0f}")

@@ -21,8 +21,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-_activated = False
-
 
 def setup_notebook(plotlyjs: str = "embed") -> None:
     """Prepare the notebook for figures that also render in HTML exports.
@@ -30,14 +28,12 @@ def setup_notebook(plotlyjs: str = "embed") -> None:
     ``plotlyjs="embed"`` stores plotly.js once in the notebook (renders offline,
     about 4.5 MB); ``"cdn"`` loads it from the plotly CDN when viewed (small files).
     """
-    global _activated
     if plotlyjs not in ("embed", "cdn"):
         raise ValueError(f"plotlyjs={plotlyjs!r} is not supported: allowed ['cdn', 'embed']")
     name = "notebook" if plotlyjs == "embed" else "notebook_connected"
     pio.renderers.default = f"plotly_mimetype+{name}"
     pio.renderers[name].activate()
     mime_bundle(go.Figure())  # pay plotly's one-time template/validator loading now, not mid-run
-    _activated = True
 
 
 def mime_bundle(fig: go.Figure) -> dict:

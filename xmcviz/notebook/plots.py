@@ -111,6 +111,43 @@ def gradient_cosine(grad: Mapping[str, pd.DataFrame]) -> go.Figure:
                    "cos(sampled gradient, full gradient)")
 
 
+SCORE_MEANS = (("sig_pos", "positives", "solid"), ("sig_neg", "sampled negatives", "dash"),
+               ("sig_all", "all labels", "dot"))
+
+
+def score_trajectories(grad: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """One panel per run: the median over the probe rows of mean sigma(f_j) over the positives
+    (solid), the sampled negatives (dashed) and all labels (dotted), against step.  Three
+    lines that stay together at sigma(bias) mean the model scores every label alike."""
+    runs = [label for label, df in grad.items() if len(df) and "sig_all" in df]
+    fig = make_subplots(rows=1, cols=max(1, len(runs)), shared_yaxes=True,
+                        subplot_titles=runs or None, horizontal_spacing=0.02)
+    styles = run_styles(grad)
+    for i, label in enumerate(runs, start=1):
+        df = grad[label]
+        for key, what, dash in SCORE_MEANS:
+            fig.add_scatter(x=df["step"], y=df[key], mode="lines", name=f"{label}: {what}",
+                            line=dict(color=styles[label]["color"], dash=dash), row=1, col=i)
+    fig.update_yaxes(range=[0, 1])
+    fig.update_annotations(font_size=11)
+    return _layout(fig, "Mean sigma(f_j) over positives (solid), sampled negatives (dashed), "
+                   "all labels (dotted)", "training step", "mean sigma(f_j) (median over probe rows)")
+
+
+def dead_embeddings(grad: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Fraction of probe rows whose embedding E_x is exactly zero (every ReLU unit off: no
+    gradient reaches the network through them), against step."""
+    fig = go.Figure()
+    styles = run_styles(grad)
+    for label, df in grad.items():
+        if len(df) and "dead_fraction" in df:
+            fig.add_scatter(x=df["step"], y=df["dead_fraction"], mode="lines", name=label,
+                            line=styles[label])
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return _layout(fig, "Dead embeddings: rows with E_x = 0", "training step",
+                   "fraction of probe rows with E_x = 0")
+
+
 def rank_histogram(ranks: Mapping[str, pd.DataFrame], num_labels: int, bins: int = 30,
                    by_phase: bool = False) -> go.Figure:
     """Histogram of true ranks (log rank axis) per run, with the uniform expectation.
@@ -155,7 +192,8 @@ def label_frequency_curve(counts: Mapping[str, np.ndarray], top: int | None = No
 
 
 def label_frequency_bars(labels: np.ndarray, counts: np.ndarray, name: str = "MIPS negatives") -> go.Figure:
-    """Bar chart of one mini-batch's negatives per label, most drawn first (SPEC 3.3)."""
+    """Bar chart of one mini-batch's negatives per label, most drawn first (see
+    docs/background.md, section "Label concentration")."""
     order = np.argsort(-counts, kind="stable")
     fig = go.Figure(go.Bar(x=[str(int(v)) for v in labels[order]], y=counts[order], name=name,
                            marker_color=colour_for(name)))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from . import plots
+from . import plots, plots_dynamics
+from ..softmax import plots as softmax_plots
 from .analysis import batch_label_counts, select_interval
 
 
@@ -25,6 +26,23 @@ def gradient_ratio(exp) -> go.Figure:
 def gradient_cosine(exp) -> go.Figure:
     """Cosine of the sampled and the full-loss gradient of every run (``grad`` hook)."""
     return plots.gradient_cosine(exp.frames("grad"))
+
+
+def score_trajectories(exp) -> go.Figure:
+    """Mean sigma over the positives, the sampled negatives and all labels, one panel per run
+    (``grad`` hook)."""
+    return plots.score_trajectories(exp.frames("grad"))
+
+
+def dead_embeddings(exp) -> go.Figure:
+    """Fraction of probe rows with E_x = 0 per run (``grad`` hook).  Linear runs are left out:
+    their embedding is the fixed input x, which training never changes."""
+    frames = {label: df for label, df in exp.frames("grad").items()
+              if getattr(exp.runs[label].config, "model", None) != "linear"}
+    fig = plots.dead_embeddings(frames)
+    fig.update_layout(title="Dead embeddings: rows with E_x = 0 (linear runs left out: their "
+                            "E_x is the fixed input)")
+    return fig
 
 
 def rank_histograms(exp, label: str | None = None, interval: int = 0, bins: int = 30) -> go.Figure:
@@ -46,7 +64,8 @@ def rank_histograms(exp, label: str | None = None, interval: int = 0, bins: int 
 
 def batch_concentration(exp, source: str = "mips") -> go.Figure:
     """Per run, the labels of the ``source`` negatives of the first logged mini-batch that
-    has any (the probe rows of the ``ranks`` hook), most drawn first (SPEC 3.3)."""
+    has any (the probe rows of the ``ranks`` hook), most drawn first (see docs/background.md,
+    section "Label concentration")."""
     counts = {}
     for label, recs in exp.records("ranks").items():
         step, _, c = batch_label_counts(recs, source)
@@ -69,3 +88,31 @@ def interval_sensitivity(exp, interval: str = "refreshes_per_epoch", metric: str
     if not len(table) or metric not in table:
         table = pd.DataFrame(columns=["sampler", interval, metric, "time_s"])
     return plots.interval_sensitivity(table, interval, metric)
+
+
+def learning_curves(exp, x: str = "time_s") -> go.Figure:
+    """Accuracy and log-likelihood of every first-label softmax run against ``x`` ("time_s",
+    "step" or "epoch"); the auxiliary tree's own value dotted where a run has one."""
+    return softmax_plots.learning_curves(exp.metrics(), x=x)
+
+
+def negative_popularity(exp, source: str = "mips") -> go.Figure:
+    """Median training-frequency rank of every run's ``source`` negatives per refresh interval,
+    beside its positives' (``popularity`` hook)."""
+    return plots_dynamics.negative_popularity(exp.frames("popularity"), source)
+
+
+def head_share(exp, source: str = "mips") -> go.Figure:
+    """Share of head labels among every run's ``source`` negatives per refresh interval."""
+    return plots_dynamics.head_share(exp.frames("popularity"), source)
+
+
+def hidden_share(exp) -> go.Figure:
+    """Share of every run's negatives that are hidden positives, by source, with the base rate
+    (``hidden`` hook; runs with ``hide_labels`` > 0)."""
+    return plots_dynamics.hidden_share(exp.frames("hidden"))
+
+
+def hidden_recall(exp, k: int = 10) -> go.Figure:
+    """Recall@k of the hidden positives at every evaluation (``hidden`` hook)."""
+    return plots_dynamics.hidden_recall(exp.frames("hidden"), k)

@@ -15,12 +15,16 @@ the rows of a batch in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ..validation import check_int
+
+if TYPE_CHECKING:  # the config module imports the samplers' names, not the other way round
+    from ..core.config import TrainConfig
 
 # Where each negative came from (stored per negative as a uint8 code).
 SOURCE_UNIFORM = 0
@@ -29,7 +33,28 @@ SOURCE_EXACT = 2
 SOURCE_MIPS = 3
 SOURCE_ADVERSARIAL = 4
 SOURCE_ALL = 5
-SOURCE_NAMES = ("uniform", "frequency", "exact", "mips", "adversarial", "all")
+SOURCE_META = 6
+SOURCE_NAMES = ("uniform", "frequency", "exact", "mips", "adversarial", "all", "meta")
+
+DEFAULT_K = 5  # hard negatives per row of mips-s / top-uniform: ~ the positives per row (the paper's k)
+
+
+@dataclass(frozen=True)
+class SamplerEnv:
+    """What a sampler is built with besides the run's settings: facts of the data and the run.
+
+    ``label_freq``: training label counts [L] (``frequency``); ``dataset``: the training data
+    (``X_train``, ``Y_train``) of samplers fitted on it; ``state``: a checkpointed
+    ``state_dict()`` from which fitted samplers are rebuilt instead of refitted.
+    ``dim``: the width of the model's embedding (``meta``: its head reads the embedding).
+    """
+
+    num_labels: int
+    label_freq: Any = None
+    dataset: Any = None
+    device: Any = "cpu"
+    state: dict | None = None
+    dim: int | None = None
 
 
 @dataclass
@@ -94,6 +119,15 @@ class NegativeSampler:
 
     name: str = "base"
     needs_model: bool = False  # True when sample() reads the (snapshot of the) model
+    # The negative-sampling settings (TrainConfig fields) that from_config reads: given for
+    # another sampler, they are refused (tests/test_config.py checks this against from_config).
+    options: tuple[str, ...] = ("negatives",)
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "NegativeSampler":
+        """Build from a run's settings: of the negative-sampling ones, exactly :attr:`options`
+        (general ones such as ``seed`` as needed)."""
+        return cls(env.num_labels, config.negatives)
 
     def __init__(self, num_labels: int, num_negatives: int) -> None:
         check_int("num_labels", num_labels, 2)
@@ -139,6 +173,19 @@ class NegativeSampler:
         batch's dataset row ids for samplers that look at raw inputs.  Positives
         are never returned unmasked."""
         raise NotImplementedError
+
+    # -- a trainable part (meta: the cluster head), trained jointly with the model ----------
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The sampler's own parameters; the trainer optimises them with the model's lr."""
+        return []
+
+    def auxiliary_loss(self, emb: torch.Tensor, positives: Positives) -> torch.Tensor | None:
+        """A loss added to the step's (``emb`` with gradient); None: nothing to add."""
+        return None
+
+    def eval_stats(self) -> dict:
+        """Numbers logged with each evaluation (averages since the previous call)."""
+        return {}
 
     # -- checkpointing --------------------------------------------------
     def state_dict(self) -> dict:

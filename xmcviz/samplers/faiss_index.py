@@ -10,7 +10,8 @@ terms this is ``IndexIVFFlat(IndexFlatIP(d), d, K, METRIC_INNER_PRODUCT)``
 Two ways to (re)build:
 
 * :meth:`MipsIndex.build` (cold): k-means from random labels, ``niter``
-  iterations.  On 2 CPU cores this takes over a minute at L = 1M, d = 128.
+  iterations, each a pass over all L label rows: the costly way at large L
+  (refresh timings in ``benchmarks/RESULTS.md``).
 * :meth:`MipsIndex.refresh` (warm): ``warm_iters`` k-means iterations started
   from the previous centroids (W moves little between refreshes, so the old
   partition is already nearly converged), then the inverted lists are rebuilt
@@ -21,9 +22,12 @@ Label bias: with ``bias`` given, the index holds rows [w_j, b_j] and queries
 are [E, 1], so inner products are E.w_j + b_j, the model's scores.  The
 clustering then runs on the augmented rows (bias as one more direction).
 
-Devices: when ``W`` is a CUDA tensor and faiss has GPU support, the k-means
-assignments and the index live on that GPU (single GPU; faiss caps k and
-nprobe at 2048 there: nprobe is clamped, and a wider k is padded with id -1).
+Devices: when ``W`` is a CUDA tensor (or ``device``, the run's device, is CUDA) and faiss
+has GPU support, the k-means assignments and the index live on that GPU (single GPU; faiss
+caps k and nprobe at 2048 there: nprobe is clamped, and a wider k is padded with id -1).
+A checkpointed index is rebuilt on ``device``, not on the device its snapshot was loaded to.
+faiss's GPU calls run under ``torch.cuda.device(index device)``: faiss takes torch's stream
+of the *current* device, so on ``cuda:N`` with N >= 1 that must be the index's own GPU.
 When faiss is CPU-only, CUDA tensors are copied to the host for build and
 search and results are returned on the caller's device; that copy is the
 price of faiss-cpu on a GPU machine.  numpy and torch are never mixed in one
@@ -31,6 +35,7 @@ faiss call.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -71,14 +76,16 @@ class MipsIndex:
     iterations of a cold build, ``warm_iters`` iterations of a warm refresh
     (0: keep the centroids, only re-assign), ``seed`` for faiss's k-means
     (initial centroids), ``use_gpu`` (None: when W is on CUDA and faiss has a
-    GPU; False: never; True: required).
+    GPU; False: never; True: required), ``device`` (the run's device: where a checkpointed
+    index is rebuilt, and with a CUDA device a CPU ``W`` is indexed on that GPU).
 
     After a build, ``last_build_seconds`` / ``last_build_kind`` ("cold" or
     "warm") / ``last_build_info`` report what it cost.
     """
 
     def __init__(self, clusters: int | None = None, nprobe: int = 16, *, niter: int = 10,
-                 warm_iters: int = 1, seed: int = 0, use_gpu: bool | None = None) -> None:
+                 warm_iters: int = 1, seed: int = 0, use_gpu: bool | None = None,
+                 device: torch.device | str | None = None) -> None:
         self.clusters = None if clusters is None else check_int("clusters", clusters, 1)
         self.nprobe = check_int("nprobe", nprobe, 1)
         self.niter = check_int("niter", niter, 1)
@@ -87,6 +94,7 @@ class MipsIndex:
         if use_gpu and not faiss_has_gpu():
             raise ValueError("use_gpu=True but faiss has no GPU support here (faiss-gpu and a visible GPU needed)")
         self.use_gpu = use_gpu
+        self.device = None if device is None else torch.device(device)
         self._index = None
         self._centroids: np.ndarray | None = None  # float32 [K, d(+1)], unit rows
         self._snapshot: torch.Tensor | None = None  # float32 [L, d(+1)] on the index device
@@ -162,14 +170,15 @@ class MipsIndex:
         check_int("clusters", K, 1, L)
         check_int("nprobe", self.nprobe, 1, K)
         x = self._placed(x)
-        if warm:
-            centroids = self._kmeans(x, K, self.warm_iters, init=self._centroids)
-        else:
-            centroids = self._kmeans(x, K, self.niter, init=None)
-        t1 = time.perf_counter()
-        self._make_index(x, centroids, bias is not None)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+        with _device_context(x.device):
+            if warm:
+                centroids = self._kmeans(x, K, self.warm_iters, init=self._centroids)
+            else:
+                centroids = self._kmeans(x, K, self.niter, init=None)
+            t1 = time.perf_counter()
+            self._make_index(x, centroids, bias is not None)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
         t2 = time.perf_counter()
         self.builds += 1
         self.last_build_seconds = t2 - t0
@@ -196,16 +205,25 @@ class MipsIndex:
 
     def _placed(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the device the index will live on (its GPU, or the host)."""
+        target = self.index_device(x)
+        return x if x.device == target else x.to(target)
+
+    def index_device(self, x: torch.Tensor) -> torch.device:
+        """Where an index over ``x`` lives: the configured CUDA device, else ``x``'s GPU, else
+        the current GPU, when faiss builds on a GPU (:meth:`_gpu_wanted`); else the host."""
         if not self._gpu_wanted(x):
-            return x.cpu()
-        return x if x.is_cuda else x.to(torch.device("cuda", torch.cuda.current_device()))
+            return torch.device("cpu")
+        if self.device is not None and self.device.type == "cuda":
+            return _with_index(self.device)
+        return x.device if x.is_cuda else torch.device("cuda", torch.cuda.current_device())
 
     def _gpu_wanted(self, x: torch.Tensor) -> bool:
         if self.use_gpu is False:
             return False
         if self.use_gpu:
             return True
-        return x.is_cuda and faiss_has_gpu()
+        on_cuda = x.is_cuda or (self.device is not None and self.device.type == "cuda")
+        return on_cuda and faiss_has_gpu()
 
     def _gpu_resources(self):
         if self._gpu_res is None:
@@ -285,7 +303,8 @@ class MipsIndex:
             q = torch.cat([q, q.new_ones(q.shape[0], 1)], dim=1)
         q = q.to(self._snapshot.device).contiguous()
         kk = min(k, GPU_MAX_K) if self.on_gpu else k
-        D, I = self._index.search(q, kk)
+        with _device_context(q.device):
+            D, I = self._index.search(q, kk)
         if kk < k:
             D = torch.cat([D, D.new_full((D.shape[0], k - kk), float("-inf"))], dim=1)
             I = torch.cat([I, I.new_full((I.shape[0], k - kk), -1)], dim=1)
@@ -320,6 +339,22 @@ class MipsIndex:
         if "centroids" not in state:
             self._index = self._centroids = self._snapshot = None
             return
+        # Placed by the configured device: a checkpoint loads to the CPU (map_location), and
+        # a resumed CUDA run must search on its GPU as the uninterrupted run did.
         x = self._placed(state["snapshot"].to(torch.float32).contiguous())
         centroids = state["centroids"].cpu().numpy().astype(np.float32)
-        self._make_index(x, np.ascontiguousarray(centroids), bool(state["has_bias"]))
+        with _device_context(x.device):
+            self._make_index(x, np.ascontiguousarray(centroids), bool(state["has_bias"]))
+
+
+def _with_index(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:N`` (the current device), so comparisons and faiss get a number."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _device_context(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device (faiss uses the current device's torch
+    stream), nothing for the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

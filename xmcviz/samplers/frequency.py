@@ -1,12 +1,17 @@
 """Frequency (unigram) negative sampling: labels drawn in proportion to freq^alpha."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..validation import check_float, check_int
-from .base import SOURCE_FREQUENCY, Negatives, NegativeSampler, Positives
+from .base import SOURCE_FREQUENCY, Negatives, NegativeSampler, Positives, SamplerEnv
 from .ops import first_occurrence, is_member, positives_on, sorted_positive_table
+
+if TYPE_CHECKING:
+    from ..core.config import TrainConfig
 
 
 class FrequencySampler(NegativeSampler):
@@ -28,6 +33,12 @@ class FrequencySampler(NegativeSampler):
     """
 
     name = "frequency"
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "FrequencySampler":
+        if env.label_freq is None:
+            raise ValueError("sampler 'frequency' needs label_freq (training label counts, length num_labels)")
+        return cls(env.num_labels, config.negatives, env.label_freq)
 
     def __init__(self, num_labels: int, num_negatives: int, label_freq, *, alpha: float = 1.0,
                  smoothing: float = 0.0, max_rounds: int = 8) -> None:

@@ -8,17 +8,24 @@ which is what the paper's MIPS-a vs MIPS-s comparison is about.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+from ..core import fast
+from ..core.fast.sampling import INT32_SAFE, mips_negatives_np
 from ..validation import check_int
-from .base import SOURCE_MIPS, SOURCE_UNIFORM, Negatives, NegativeSampler, Positives
+from .base import (DEFAULT_K, SOURCE_MIPS, SOURCE_UNIFORM, Negatives, NegativeSampler, Positives,
+                   SamplerEnv)
 from .faiss_index import MipsIndex, default_clusters
-from .ops import (_INT32_SAFE, _RAND_HIGH, PAD, first_k_negatives, first_occurrence,
-                  first_occurrence_np, nth_negative_np, positives_on, sorted_positive_table,
-                  uniform_excluding)
+from .ops import (PAD, first_k_negatives, first_occurrence, positives_on, sorted_positive_table,
+                  raw_draws, uniform_excluding)
 
 DEFAULT_NPROBE = 16
+
+if TYPE_CHECKING:
+    from ..core.config import TrainConfig
 
 
 def default_nprobe(clusters: int) -> int:
@@ -42,25 +49,19 @@ def assemble_negatives(candidates: torch.Tensor, positives: Positives, k: int,
     ``num_negatives - k`` uniform negatives (``SOURCE_UNIFORM``); a label repeating an
     earlier one of its row is masked (the search results themselves hold each label at
     most once, as an IVF search returns them).  ``table``: the rows' :func:`sorted_positive_table`
-    when the caller already has it.  No Python loop over rows (the benchmark
-    ``benchmarks/step_cost.py`` times it against a per-row loop)."""
-    # MIPS-s on the CPU: the numpy path (MIPS-a, with nothing to draw, is as fast in torch).
-    if candidates.device.type == "cpu" and k < num_negatives and num_labels < _INT32_SAFE:
-        return _assemble_cpu(candidates, positives, k, num_negatives, num_labels, generator,
-                             table)
-    return _assemble_torch(candidates, positives, k, num_negatives, num_labels, generator, table)
+    when the caller already has it.  No Python loop over rows.
 
-
-def _assemble_torch(candidates: torch.Tensor, positives: Positives, k: int, num_negatives: int,
-                    num_labels: int, generator: torch.Generator | None,
-                    table: torch.Tensor | None) -> Negatives:
-    """:func:`assemble_negatives` in torch ops (any device)."""
+    On the CPU, MIPS-s takes a numpy version of the same steps
+    (:func:`xmcviz.core.fast.sampling.mips_negatives_np`) when the fast paths are on: the
+    same negatives from the same generator state.
+    """
     device = candidates.device
     pos = positives_on(positives, device)
-    if table is None:
-        table, _ = sorted_positive_table(pos)
-    ids, ok = first_k_negatives(candidates, table, k)
+    table = sorted_positive_table(pos)[0] if table is None else table.to(device)
     rest = num_negatives - k
+    if fast.enabled() and device.type == "cpu" and rest > 0 and num_labels < INT32_SAFE:
+        return _assemble_fast(candidates, table, k, num_negatives, num_labels, generator)
+    ids, ok = first_k_negatives(candidates, table, k)
     if rest > 0:
         uni, uni_ok = uniform_excluding(pos, num_labels, rest, generator, device, table=table)
         ids, ok = torch.cat([ids, uni], dim=1), torch.cat([ok, uni_ok], dim=1)
@@ -72,54 +73,14 @@ def _assemble_torch(candidates: torch.Tensor, positives: Positives, k: int, num_
     return Negatives(ids, mask, source)
 
 
-def _assemble_cpu(candidates: torch.Tensor, positives: Positives, k: int, num_negatives: int,
-                  num_labels: int, generator: torch.Generator | None,
-                  table: torch.Tensor | None = None) -> Negatives:
-    """:func:`assemble_negatives` in numpy: the same negatives from the same generator state.
-
-    On the CPU the torch path is ~40 small ops on [B, R] arrays whose dispatch, not their
-    arithmetic, dominates; numpy does the same steps in about half the time.  The random
-    draw still comes from ``generator`` (one ``torch.randint``, as in
-    :func:`~xmcviz.samplers.ops.uniform_excluding`), so runs and resumes are unchanged."""
-    cand = candidates.numpy()
-    B = cand.shape[0]
-    if table is not None:  # the caller's sorted_positive_table
-        table = table.cpu().numpy()
-    else:  # the rows' distinct positives, sorted, padded with PAD (sorted_positive_table)
-        p_ids, p_mask = positives.ids.cpu().numpy(), positives.mask.cpu().numpy()
-        if p_ids.shape[1] == 0:
-            p_ids, p_mask = np.zeros((B, 1), np.int64), np.zeros((B, 1), bool)
-        table = np.sort(np.where(p_mask, p_ids, PAD), axis=1)
-        dup = table[:, 1:] == table[:, :-1]
-        if dup.any():
-            table[:, 1:][dup] = PAD
-            table.sort(axis=1)
-    real = table != PAD
-    count = real.sum(axis=1)
-    # First k search results that are labels and not positives (first_k_negatives).
-    member = (cand[:, :, None] == table[:, None, :]).any(axis=2)
-    valid = (cand >= 0) & ~member
-    rank = np.cumsum(valid, axis=1) - 1
-    keep = valid & (rank < k)
-    slot = np.where(keep, rank, k)  # entries not kept go to a dump column k
-    rows = np.arange(B)[:, None]
-    ids = np.zeros((B, num_negatives + 1), np.int64)
-    ok = np.zeros((B, num_negatives + 1), bool)
-    ids[rows, slot] = np.where(keep, cand, 0)
-    ok[rows, slot] = keep
-    ids, ok = ids[:, :num_negatives], ok[:, :num_negatives]
-    rest = num_negatives - k
-    if rest == 0:
-        mask = ok  # one search returns each label at most once: nothing to de-duplicate
-    else:
-        # R - k exact uniform negatives (uniform_excluding + nth_negative).
-        free = np.maximum(num_labels - count, 1)
-        v = torch.randint(0, _RAND_HIGH, (B, rest), generator=generator).numpy() % free[:, None]
-        shifted = np.where(real, table - np.arange(table.shape[1]), PAD)
-        any_neg = (count < num_labels)[:, None]
-        ids[:, k:] = np.where(any_neg, nth_negative_np(shifted, v), 0)
-        ok[:, k:] = any_neg
-        mask = first_occurrence_np(ids, ok)
+def _assemble_fast(candidates: torch.Tensor, table: torch.Tensor, k: int, num_negatives: int,
+                   num_labels: int, generator: torch.Generator | None) -> Negatives:
+    """:func:`assemble_negatives` for MIPS-s on the CPU, in numpy; the uniform draws come
+    from ``generator`` exactly as :func:`~xmcviz.samplers.ops.uniform_excluding` takes them."""
+    count = (table != PAD).sum(dim=1)
+    draws = raw_draws(table.shape[0], num_negatives - k, generator)
+    ids, mask = mips_negatives_np(candidates.numpy(), table.numpy(), count.numpy(),
+                                  draws.numpy(), k, num_negatives, num_labels)
     source = np.full(ids.shape, SOURCE_UNIFORM, np.uint8)
     source[:, :k] = SOURCE_MIPS
     return Negatives(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(source))
@@ -144,16 +105,31 @@ class MipsSampler(NegativeSampler):
 
     Refreshes after the first are warm (``warm_iters`` k-means iterations from
     the previous centroids) unless ``warm_refresh`` is False (a cold k-means
-    each time, as in the paper).
+    each time, as in the paper).  ``device``: the run's device, where a
+    checkpointed index is rebuilt (see :class:`~xmcviz.samplers.faiss_index.MipsIndex`).
     """
 
     needs_model = True
+    options = ("negatives", "mips_k", "clusters", "nprobe", "refresh_every", "refreshes_per_epoch")
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "MipsSampler":
+        """MIPS-s: ``mips_k`` (default 5) negatives from the index, the rest uniform."""
+        return cls._build(config, env, DEFAULT_K if config.mips_k is None else config.mips_k)
+
+    @classmethod
+    def _build(cls, config: "TrainConfig", env: SamplerEnv, k: int) -> "MipsSampler":
+        return cls(env.num_labels, config.negatives, k, clusters=config.clusters,
+                   nprobe=config.nprobe, refresh_every=config.refresh_every,
+                   refreshes_per_epoch=config.refreshes_per_epoch, seed=config.seed,
+                   device=env.device)
 
     def __init__(self, num_labels: int, num_negatives: int, k: int, *,
                  clusters: int | None = None, nprobe: int | None = None,
                  refresh_every: int | None = None, refreshes_per_epoch: int | None = None,
                  niter: int = 10, warm_iters: int = 1, warm_refresh: bool = True,
-                 seed: int = 0, use_gpu: bool | None = None) -> None:
+                 seed: int = 0, use_gpu: bool | None = None,
+                 device: torch.device | str | None = None) -> None:
         super().__init__(num_labels, num_negatives)
         self.k = check_int("k", k, 1, self.num_negatives)
         K = default_clusters(self.num_labels) if clusters is None else clusters
@@ -169,8 +145,9 @@ class MipsSampler(NegativeSampler):
         self.refreshes_per_epoch = (None if refreshes_per_epoch is None
                                     else check_int("refreshes_per_epoch", refreshes_per_epoch, 1))
         self.warm_refresh = bool(warm_refresh)
+        # ``device``: the run's device, where a checkpointed index is rebuilt on resume.
         self.index = MipsIndex(self.clusters, self.nprobe, niter=niter, warm_iters=warm_iters,
-                               seed=seed, use_gpu=use_gpu)
+                               seed=seed, use_gpu=use_gpu, device=device)
         self.name = "mips-a" if self.k == self.num_negatives else "mips-s"
         self.refreshes = 0
         self.last_unfilled = 0  # MIPS slots left empty in the last batch
@@ -264,3 +241,13 @@ class MipsSampler(NegativeSampler):
         self.index.load_state_dict(state["index"])
         self.refreshes = int(state.get("refreshes", 0))
         self.unfilled_total = int(state.get("unfilled_total", 0))
+
+
+class MipsAllSampler(MipsSampler):
+    """MIPS-a: every one of the R negatives from the index (``k = R``, so no ``mips_k``)."""
+
+    options = tuple(o for o in MipsSampler.options if o != "mips_k")
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "MipsAllSampler":
+        return cls._build(config, env, config.negatives)

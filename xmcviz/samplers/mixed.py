@@ -1,13 +1,19 @@
 """Top + uniform: k exact hardest negatives plus R - k uniform ones."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..validation import check_int
-from .base import SOURCE_EXACT, SOURCE_UNIFORM, Negatives, NegativeSampler, Positives
+from .base import (DEFAULT_K, SOURCE_EXACT, SOURCE_UNIFORM, Negatives, NegativeSampler, Positives,
+                   SamplerEnv)
 from .ops import first_occurrence
 from .top import exact_hardest
 from .uniform import UniformSampler
+
+if TYPE_CHECKING:
+    from ..core.config import TrainConfig
 
 
 class TopUniformSampler(NegativeSampler):
@@ -22,6 +28,12 @@ class TopUniformSampler(NegativeSampler):
 
     name = "top-uniform"
     needs_model = True
+    options = ("negatives", "mips_k")
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "TopUniformSampler":
+        k = DEFAULT_K if config.mips_k is None else config.mips_k
+        return cls(env.num_labels, config.negatives, k)
 
     def __init__(self, num_labels: int, num_negatives: int, k: int, *,
                  label_chunk: int = 65536) -> None:

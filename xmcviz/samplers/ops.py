@@ -6,12 +6,19 @@ table*: the row's positive ids sorted ascending and padded on the right with a
 sentinel larger than any label id, so that batched ``torch.searchsorted``
 answers "is this id a positive?" and "how many positives lie below?" in
 O(log P) per query, whatever the number of positives P.
+
+These torch versions are the reference.  On the CPU, :func:`sorted_positive_table`,
+:func:`nth_negative` and :func:`first_occurrence` take numpy versions of the same steps
+(:mod:`xmcviz.core.fast.sampling`) when the fast paths are on
+(:func:`xmcviz.core.fast.enabled`); they give identical results.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..core import fast
+from ..core.fast.sampling import (BROADCAST_MAX, first_occurrence_np, nth_negative_narrow,
+                                  sorted_positive_table_np)
 from .base import Positives
 
 # Drawing integers as (random 62-bit) mod n has a bias of at most n / 2**62,
@@ -19,10 +26,6 @@ from .base import Positives
 _RAND_HIGH = 2 ** 62
 # Padding of a sorted positive table: above every label id and every candidate.
 PAD = torch.iinfo(torch.int64).max
-# ids below this fit int32 (the CPU path of nth_negative).
-_INT32_SAFE = 2**31 - 1
-# Up to this many positives per row, counting by broadcast compare is faster than searchsorted.
-_BROADCAST_MAX = 16
 
 
 def sorted_positive_table(positives: Positives) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +40,9 @@ def sorted_positive_table(positives: Positives) -> tuple[torch.Tensor, torch.Ten
     if ids.shape[1] == 0:
         ids = torch.zeros((B, 1), dtype=torch.int64, device=ids.device)
         mask = torch.zeros((B, 1), dtype=torch.bool, device=ids.device)
+    if fast.enabled() and ids.device.type == "cpu":
+        t = torch.from_numpy(sorted_positive_table_np(ids.numpy(), mask.numpy(), PAD))
+        return t, (t != PAD).sum(dim=1)
     t = torch.where(mask, ids, PAD)
     t, _ = torch.sort(t, dim=1)
     # A repeat of the previous entry is a duplicate: turn it into padding.
@@ -82,10 +88,18 @@ def uniform_excluding(positives: Positives, num_labels: int, n: int,
     count = (table != PAD).sum(dim=1)
     B = table.shape[0]
     free = (num_labels - count).clamp_min(1)  # number of negatives in the row
-    v = torch.randint(0, _RAND_HIGH, (B, n), generator=generator, device=device) % free[:, None]
+    v = raw_draws(B, n, generator, device) % free[:, None]
     ids = nth_negative(table, v)
     ok = (count < num_labels)[:, None].expand(B, n)
     return torch.where(ok, ids, 0), ok.clone()
+
+
+def raw_draws(B: int, n: int, generator: torch.Generator | None = None,
+              device: torch.device | None = None) -> torch.Tensor:
+    """int64 [B, n] uniform in [0, 2^62): the draws :func:`uniform_excluding` reduces modulo
+    each row's number of negatives.  One ``torch.randint`` from ``generator``, so a caller
+    that draws through here consumes the generator as :func:`uniform_excluding` does."""
+    return torch.randint(0, _RAND_HIGH, (B, n), generator=generator, device=device)
 
 
 def nth_negative(table: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -96,51 +110,9 @@ def nth_negative(table: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     v + #{k : p_(k) - k <= v}; p_(k) - k is non-decreasing, hence a binary search."""
     shifted = table - torch.arange(table.shape[1], device=table.device)
     shifted = torch.where(table != PAD, shifted, PAD)  # padding: never counted
-    if table.shape[1] <= _BROADCAST_MAX:
-        # A few positives per row: one compare per positive column (whole batch each)
-        # beats a batched binary search.  On the CPU in numpy int32 (ids < 2^31): about 2.5x
-        # faster than the same loop in torch int64 on [256, 100] (dispatch and bandwidth).
-        if v.device.type == "cpu" and (v.numel() == 0 or int(v.max()) < _INT32_SAFE):
-            return torch.from_numpy(nth_negative_np(shifted.numpy(), v.numpy()))
-        out = v.clone()
-        for j in range(table.shape[1]):
-            out += shifted[:, j:j + 1] <= v
-        return out
+    if fast.enabled() and table.shape[1] <= BROADCAST_MAX:
+        return nth_negative_narrow(shifted, v)
     return v + torch.searchsorted(shifted.contiguous(), v.contiguous(), right=True)
-
-
-def nth_negative_np(shifted: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """:func:`nth_negative`'s per-column count in numpy int32 (``v`` < 2^31; ``shifted``:
-    p_(k) - k per row, padding at or above 2^31 - 1), about 2.5x the torch int64 loop."""
-    vv = v.astype(np.int32)
-    sh = np.minimum(shifted, _INT32_SAFE).astype(np.int32)
-    out = vv.copy()
-    for j in range(sh.shape[1]):
-        out += sh[:, j:j + 1] <= vv
-    return out.astype(np.int64)
-
-
-def first_occurrence_np(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """:func:`first_occurrence` on numpy arrays (the CPU path).
-
-    Composite keys (id << s) | position with 2^s >= n, sorted per row (int32 when they fit);
-    an entry is a repeat when its sorted neighbour on the left has the same id.  Repeats are
-    rare, so they are cleared one by one from their positions (the key's low bits) instead of
-    scattering the whole sorted mask back."""
-    B, n = ids.shape
-    if n == 0 or B == 0:
-        return valid.copy()
-    shift = int(n).bit_length()
-    dtype = np.int32 if int(ids.max()) < (1 << (30 - shift)) else np.int64
-    pos = np.arange(n, dtype=dtype)
-    # Every invalid entry gets a distinct negative key, so it never equals anything.
-    keys = np.where(valid, ids.astype(dtype, copy=False), -1 - pos)
-    comp = np.sort((keys << shift) | pos, axis=1)
-    sk = comp >> shift
-    r, c = np.nonzero(sk[:, 1:] == sk[:, :-1])
-    first = valid.copy()
-    first[r, comp[r, c + 1] & ((1 << shift) - 1)] = False
-    return first
 
 
 def first_occurrence(ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,15 +120,13 @@ def first_occurrence(ids: torch.Tensor, valid: torch.Tensor | None = None) -> to
 
     Entries with ``valid`` False are ignored (never keep, never shadow a later
     valid entry).  Vectorised: sort each row by (id, position), compare
-    neighbours, scatter back.  On the CPU the sort is numpy's value-only sort of
-    the composite keys ``(id << s) | position`` (unique, so no stable sort and no
-    index array is needed): about 10x faster than ``torch.sort`` on rows of ~100."""
+    neighbours, scatter back."""
     B, n = ids.shape
     if valid is None:
         valid = torch.ones_like(ids, dtype=torch.bool)
     if n == 0 or B == 0:
         return valid.clone()
-    if ids.device.type == "cpu":
+    if fast.enabled() and ids.device.type == "cpu":
         return torch.from_numpy(first_occurrence_np(ids.numpy(), valid.numpy()))
     pos = torch.arange(n, device=ids.device).expand(B, n)
     keys = torch.where(valid, ids, -1 - pos)  # invalid entries: distinct, never equal

@@ -14,7 +14,7 @@ class WarmupSampler(NegativeSampler):
     """Sample with ``warmup`` during epochs ``[0, warmup_epochs)``, then with ``inner``.
 
     Hard negatives from the first step make the negative gradient dwarf the
-    positive one (SPEC section 1); a few epochs of uniform negatives avoid
+    positive one (docs/background.md, section "Gradient dominance"); a few epochs of uniform negatives avoid
     that.  The inner sampler is never refreshed during the warm-up, and its
     refresh is due at the first step after the switch.
 
@@ -36,6 +36,7 @@ class WarmupSampler(NegativeSampler):
                 f"{self.warmup.num_negatives}; the inner one {inner.num_labels}, {inner.num_negatives}")
         self.name = inner.name
         self.needs_model = inner.needs_model
+        self.setup_info = getattr(inner, "setup_info", None)  # one-off costs (meta: clustering)
 
     # The inner sampler owns the refresh bookkeeping.
     @property
@@ -82,6 +83,16 @@ class WarmupSampler(NegativeSampler):
                bias: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Negatives:
         return self.active(epoch).sample(emb, positives, epoch=epoch, generator=generator,
                                          W=W, bias=bias, rows=rows)
+
+    # The inner sampler's trainable part (meta's head) trains during the warm-up too.
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return self.inner.trainable()
+
+    def auxiliary_loss(self, emb: torch.Tensor, positives: Positives) -> torch.Tensor | None:
+        return self.inner.auxiliary_loss(emb, positives)
+
+    def eval_stats(self) -> dict:
+        return self.inner.eval_stats()
 
     def state_dict(self) -> dict:
         return {"warmup_epochs": self.warmup_epochs, "inner": self.inner.state_dict(),

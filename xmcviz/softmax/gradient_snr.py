@@ -3,7 +3,8 @@
 The claim to show: the closer the proposal q(y'|x) is to the data distribution,
 the less noisy the stochastic gradient (adversarial > frequency > uniform).
 This module measures it on a fixed probe batch for a linear model with scores
-``xi_y(x) = x . W[y] + b[y]`` (W [L, D], b [L]) and the loss of SPEC section 4,
+``xi_y(x) = x . W[y] + b[y]`` (W [L, D], b [L]) and the loss of docs/background.md, section
+"First-label softmax setting",
 one negative y' ~ q(.|x_i) per positive (x_i, y_i), averaged over the batch:
 
     l = (1/B) sum_i [ -log sigma(xi_{y_i}(x_i)) - log sigma(-xi_{y'_i}(x_i))
@@ -87,7 +88,8 @@ def gradient_snr(W: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, y: to
     ``W`` [L, D], ``b`` [L] or None (no bias parameters); ``x`` [B, D] dense
     probe inputs; ``y`` int64 [B] one positive label per row; ``proposal``
     draws the negatives (see :data:`DrawFn`); ``num_draws`` = S >= 2.
-    ``reg`` is the regulariser weight lambda of SPEC section 4; when > 0 the
+    ``reg`` is the regulariser weight lambda (docs/background.md, section "First-label softmax
+    setting"); when > 0 the
     positives' ``log_q_pos`` [B] = log q(y_i|x_i) is required.  Computed in
     float64; ``memory_elems`` bounds the temporary blocks.
 

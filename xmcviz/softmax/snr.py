@@ -3,7 +3,7 @@
 Bamler & Mandt's argument for the adversarial sampler: the closer the proposal q is to the
 data distribution, the higher the signal-to-noise ratio of the sampled gradient.  This
 module applies :func:`xmcviz.softmax.gradient_snr.gradient_snr` (exact mean and variance
-estimates over ``num_draws`` draws, the loss of SPEC section 4, ``reg`` for the adversarial
+estimates over ``num_draws`` draws, the loss of docs/background.md, section "First-label softmax setting", ``reg`` for the adversarial
 proposal only) to the three proposals of a :class:`~xmcviz.softmax.trainer.SoftmaxTrainer`'s data,
 at given parameters (default: the trainer's current ones).
 """

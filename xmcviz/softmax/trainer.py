@@ -1,6 +1,6 @@
 """The adversarial paper's own setting: softmax classification of each row's first label.
 
-Bamler & Mandt (ICLR 2020; SPEC section 4) reduce a multi-label dataset to multi-class
+Bamler & Mandt (ICLR 2020; docs/background.md, section "First-label softmax setting") reduce a multi-label dataset to multi-class
 classification on the first label of each row (the smallest label id, as in
 :func:`xmcviz.samplers.adversarial.training_pairs`), train linear scores
 ``xi_y(x) = x . w_y + b_y`` with ONE negative ``y' ~ q(.|x)`` per positive ``(x, y)``, and
@@ -10,30 +10,34 @@ compare proposals q:
   ``-log sigma(xi_y) - log sigma(-xi_y') + reg [(xi_y + log q(y|x))^2 + (xi_y' + log q(y'|x))^2]``;
 - ``uniform`` / ``frequency``: plain negative sampling, the same loss with ``reg = 0``;
 - ``nce``: noise-contrastive estimation with the same tree as noise distribution: the logits
-  are ``h = xi - log(R q)`` (R = 1), loss ``-log sigma(h_y) - log sigma(-h_y')``.
+  are ``h = xi - log(R q)`` (R = 1), loss ``-log sigma(h_y) - log sigma(-h_y')``;
+- ``full``: the reference, the full softmax cross-entropy ``-log softmax(xi)_y`` over all L
+  labels (the exact gradient, no sampling; a step reads and writes all L rows of W at the
+  batch's features).
 
-At the optimum of negative sampling ``xi = log p(y|x) - log q(y|x)`` (+ a per-row constant),
-so the method's predictor is ``xi + log q`` (*bias removal*; a constant for uniform), while
-NCE learns ``xi = log p(y|x)`` directly and predicts with ``xi``.  Every evaluation reports
+At the optimum of negative sampling ``xi = log p(y|x) - log q(y|x)`` (tested on a tiny problem
+in ``tests/test_softmax_fixed_point.py``), so the method's predictor is ``xi + log q`` (*bias
+removal*; a constant for uniform), while NCE learns ``xi = log p(y|x)`` directly and predicts
+with ``xi`` (its biases start at the log first-label frequencies, see ``__init__``).  The full
+softmax predicts with ``xi``.  Every evaluation reports
 the method's predictor (``acc``, ``loglik``), the plain scores ``xi`` (``acc_raw``,
 ``loglik_raw``) and the proposal alone (``acc_aux``, ``loglik_aux``: the auxiliary model's own
 accuracy for the tree).  ``acc`` = P@1 against the first label; ``loglik`` = the mean over test
 rows of ``log softmax(scores)[first label]`` over all L labels (rows without labels skipped).
 
-Optimisation is Adagrad (lr 0.01, reg 1e-3 by default) on the mean loss of a batch, applied
+Optimisation is Adagrad (lr 0.1, reg 1e-3 by default) on the mean loss of a batch, applied
 *element-sparse*: gradients live only on the entries ``W[y, j]`` with ``x_j != 0`` of the
 labels in the loss (and their biases), which is exactly dense Adagrad, since an Adagrad step
-with a zero gradient leaves a parameter and its accumulator unchanged.  A step costs
+with a zero gradient leaves a parameter and its accumulator unchanged.  A sampled step costs
 O(nnz(batch) log nnz), independent of L.  W is stored dense ([L, D], plus its accumulator).
 Deterministic on CPU for a seed (epoch order from ``(seed, epoch)``, draws from a seeded
 ``torch.Generator``).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,13 +46,18 @@ import torch.nn.functional as F
 
 from .proposals import FrequencyProposal, Proposal, TreeProposal, UniformProposal
 from ..samplers.adversarial.tree import training_pairs
-from ..core.rundir import JsonlWriter, RunDir, environment_info
+from ..core.config import FIRST_LABEL, check_run_settings, setting, steps_per_epoch
+from ..core.loop import TrainingLoop
+from ..core.trainer import csr_to_torch
+from ..hooks.base import Hook
+from ..samplers.adversarial.sampler import fit_adversarial_sampler
 from ..validation import check_choice, check_float, check_int
 
 __all__ = ["SOFTMAX_METHODS", "SoftmaxConfig", "SoftmaxTrainer", "pair_loss", "sparse_pair_scores",
            "first_labels", "evaluate_first_label"]
 
-SOFTMAX_METHODS = ("adversarial", "uniform", "frequency", "nce")
+PAIR_METHODS = ("adversarial", "uniform", "frequency", "nce")  # one sampled negative per positive
+SOFTMAX_METHODS = PAIR_METHODS + ("full",)
 _ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 
 
@@ -56,8 +65,9 @@ _ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 class SoftmaxConfig:
     """Settings of a first-label softmax run (written to ``config.json``).
 
-    ``sampler``: one of :data:`SOFTMAX_METHODS`; ``lr`` (Adagrad), ``reg`` (lambda of the
-    adversarial regulariser), ``batch_size`` (positives per step, one negative each),
+    ``sampler``: one of :data:`SOFTMAX_METHODS`; ``lr`` (Adagrad; the paper's 0.01 leaves the
+    scores close to their start within a few epochs, see benchmarks/RESULTS.md), ``reg``
+    (lambda of the adversarial regulariser), ``batch_size`` (positives per step, one negative each),
     ``epochs``, ``seed``; ``adv_dims`` (PCA dims k of the tree, adversarial and NCE);
     ``eval_every_steps`` (besides step 0 and every epoch end), ``eval_batch_size``;
     ``device`` (``auto`` = CUDA when present), ``out`` (run directory or None), ``overwrite``,
@@ -68,13 +78,15 @@ class SoftmaxConfig:
     train: str | None = None
     test: str | None = None
     data_seed: int = 0
-    sampler: str = "adversarial"
-    lr: float = 0.01
-    reg: float = 1e-3
+    sampler: str = setting("adversarial", "proposal", group=FIRST_LABEL, choices=SOFTMAX_METHODS)
+    lr: float = 0.1
+    reg: float = setting(1e-3, "regulariser weight of the adversarial loss", group=FIRST_LABEL,
+                         metavar="LAMBDA")
     batch_size: int = 256
     epochs: int = 5
     seed: int = 0
-    adv_dims: int = 16
+    adv_dims: int = setting(16, "PCA dims of the adversarial tree", group=FIRST_LABEL,
+                            metavar="k")
     eval_every_steps: int | None = None
     eval_batch_size: int = 1024
     device: str = "auto"
@@ -92,23 +104,10 @@ class SoftmaxConfig:
 
     def validate(self) -> "SoftmaxConfig":
         """Check every setting; ``ValueError`` naming the value and the allowed range."""
-        from ..core.trainer import resolve_device
         check_choice("sampler", self.sampler, SOFTMAX_METHODS)
-        check_float("lr", self.lr, 0.0, low_inclusive=False)
+        check_run_settings(self)
         check_float("reg", self.reg, 0.0)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("epochs", self.epochs, 1)
-        check_int("seed", self.seed, 0)
-        check_int("data_seed", self.data_seed, 0)
         check_int("adv_dims", self.adv_dims, 1)
-        check_int("eval_batch_size", self.eval_batch_size, 1)
-        if self.eval_every_steps is not None:
-            check_int("eval_every_steps", self.eval_every_steps, 1)
-        resolve_device(self.device)
-        if self.data is not None and (self.train is not None or self.test is not None):
-            raise ValueError(f"data={self.data!r} and train/test files both set: give one")
-        if self.data is None and (self.train is None) != (self.test is None):
-            raise ValueError(f"train={self.train!r}, test={self.test!r}: give both files")
         return self
 
 
@@ -126,7 +125,7 @@ def pair_loss(xi: torch.Tensor, log_q: torch.Tensor, method: str, reg: float = 0
     ``log_q`` [B, 2]: their log-probabilities under the proposal.  ``reg`` enters only for
     ``adversarial``; ``nce`` uses the logits ``xi - log q`` (one noise sample per positive).
     """
-    check_choice("method", method, SOFTMAX_METHODS)
+    check_choice("method", method, PAIR_METHODS)
     sign = xi.new_tensor([1.0, -1.0])  # positive: -log sigma(h); negative: -log sigma(-h)
     h = xi - log_q if method == "nce" else xi
     loss = F.softplus(-sign * h).sum(1)
@@ -202,24 +201,41 @@ def evaluate_first_label(score_fn: Callable[[sp.csr_matrix], torch.Tensor], X: s
 
 
 # ----------------------------------------------------------------------------------- trainer
-class SoftmaxTrainer:
+_STEP_MOMENTS = ("before_update", "after_update", "on_refresh")
+
+
+class SoftmaxTrainer(TrainingLoop):
     """Train and evaluate the first-label softmax setting (see the module docstring).
 
-    ``SoftmaxTrainer(config, dataset=None)`` loads the data (``config.data`` ...), keeps the
-    rows with at least one label, fits the tree (``adversarial``, ``nce``; its time is
-    ``fit_s``) and validates everything before training.  :meth:`subscribe` registers a
-    callback that receives every evaluation record (for live plots); :meth:`train` returns
-    the last record.  Records (also the lines of ``out/metrics.jsonl``): ``step``, ``epoch``,
-    ``time_s`` (training wall-clock, evaluation excluded), ``loss`` (mean since the last
-    record), ``acc``, ``loglik``, ``acc_raw``, ``loglik_raw``, ``acc_aux``, ``loglik_aux``,
-    ``eval_s``.  Evaluations run at step 0, every ``eval_every_steps`` and every epoch end.
+    ``SoftmaxTrainer(config, dataset=None, hooks=())`` loads the data (``config.data`` ...),
+    keeps the rows with at least one label, fits the tree (``adversarial``, ``nce``; its time
+    is ``fit_s``) and validates everything before training.  The loop (batches, evaluations,
+    run directory, hooks) is the shared :class:`~xmcviz.core.loop.TrainingLoop`; ``hooks`` get
+    ``on_train_start``, ``on_eval`` (every evaluation record, e.g. a
+    :class:`~xmcviz.hooks.MetricsLog` for live figures) and ``close``: hooks that observe
+    training steps are refused, the step here has no model, positives or sampled negatives of
+    the multi-label trainer.  :meth:`train` returns the last record.  Records (also the lines
+    of ``out/metrics.jsonl``): ``step``, ``epoch``, ``time_s`` (training wall-clock,
+    evaluation excluded), ``fit_s``, ``loss`` (mean since the last record), ``acc``,
+    ``loglik``, ``acc_raw``, ``loglik_raw``, ``acc_aux``, ``loglik_aux``, ``eval_s``.
+    Evaluations run at step 0, every ``eval_every_steps`` and every epoch end.  Runs are short
+    and not checkpointed: ``out`` is refused when it holds a run, unless ``overwrite``.
     """
 
-    def __init__(self, config: SoftmaxConfig, dataset: Any = None) -> None:
-        from ..core.trainer import Trainer, resolve_device, steps_per_epoch
-        self.config = config.validate()
-        self.device = resolve_device(config.device)
-        self.dataset = dataset if dataset is not None else Trainer._load_data(config)
+    resumable = False
+    eval_at_start = True
+
+    def __init__(self, config: SoftmaxConfig, dataset: Any = None,
+                 hooks: Iterable[Hook] = ()) -> None:
+        config.validate()
+        self._setup(config, dataset, hooks)
+        for h in self.hooks:
+            steps = [m for m in _STEP_MOMENTS if getattr(type(h), m) is not getattr(Hook, m)]
+            if steps:
+                raise ValueError(f"hook {h.name!r} observes training steps ({', '.join(steps)}): "
+                                 f"not supported by the first-label softmax setting, which "
+                                 f"publishes on_train_start and on_eval only")
+        self._open_checkpoint()  # a wrong out fails before the tree is fitted
         ds = self.dataset
         self.X_train = sp.csr_matrix(ds.X_train, dtype=np.float32)
         self.X_test = sp.csr_matrix(ds.X_test, dtype=np.float32)
@@ -230,7 +246,8 @@ class SoftmaxTrainer:
         if self.train_rows.size == 0 or test_rows.size == 0:
             raise ValueError("the dataset needs labelled training and test rows")
         self.X_test_lab = self.X_test[test_rows]
-        self.steps_per_epoch = steps_per_epoch(self.train_rows.size, config.batch_size)
+        self.num_train = int(self.train_rows.size)  # the epochs go through the labelled rows
+        self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size)
         # Which row of the training set holds each first label (for the proposals' log q).
         self.y_of_row = torch.full((self.X_train.shape[0],), -1, dtype=torch.int64, device=self.device)
         self.y_of_row[torch.as_tensor(self.train_rows, device=self.device)] = torch.as_tensor(
@@ -243,26 +260,22 @@ class SoftmaxTrainer:
         L, D = self.num_labels, self.num_features
         self.W = torch.zeros((L, D), dtype=torch.float32, device=self.device)
         self.b = torch.zeros(L, dtype=torch.float32, device=self.device)
+        if config.sampler == "nce":
+            # NCE predicts with xi itself, whose fixed point log p(y|x) is < 0.  From xi = 0, a
+            # label the noise rarely proposes barely moves (its gradient is ~q) and outranks all
+            # labels that did learn; start every label at a featureless model's log p instead.
+            f = np.bincount(self.train_y, minlength=L) + 1.0  # add-one: every label finite
+            self.b.copy_(torch.as_tensor(np.log(f / f.sum()), dtype=torch.float32))
         self.W_acc, self.b_acc = torch.zeros_like(self.W), torch.zeros_like(self.b)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(config.seed)
-        self.step, self.time_s, self.history = 0, 0.0, []
-        self._loss_sum, self._loss_count = 0.0, 0
         self._aux: dict[str, float] = {}
         self._test_log_q: torch.Tensor | Callable | None = None
-        self._callbacks: list[Callable[[dict], None]] = []
-        self._started = False
-        self.run_dir = RunDir(config.out) if config.out is not None else None
-        if self.run_dir is not None:
-            self.run_dir.check_free(overwrite=config.overwrite, resumable=False)
 
     def _build_proposal(self) -> Proposal:
         c = self.config
-        if c.sampler == "uniform":
+        if c.sampler in ("uniform", "full"):  # full samples nothing: q only for acc_aux
             return UniformProposal(self.num_labels, self.device)
         if c.sampler == "frequency":
             return FrequencyProposal(np.bincount(self.train_y, minlength=self.num_labels), self.device)
-        from ..samplers.adversarial.sampler import fit_adversarial_sampler
         k = check_int("adv_dims", c.adv_dims, 1, min(self.X_train.shape))
         t0 = time.perf_counter()
         s = fit_adversarial_sampler(self.X_train, sp.csr_matrix(self.dataset.Y_train), 1, k=k,
@@ -279,10 +292,6 @@ class SoftmaxTrainer:
             out[r] = self.proposal.log_prob(r, self.y_of_row[r]).float()
         return out
 
-    def subscribe(self, callback: Callable[[dict], None]) -> None:
-        """Call ``callback(record)`` after every evaluation."""
-        self._callbacks.append(callback)
-
     # ------------------------------------------------------------------------------ steps
     def _batch(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         Xb = self.X_train[rows]
@@ -297,6 +306,8 @@ class SoftmaxTrainer:
         nnz_row, nnz_col, nnz_val = self._batch(rows)
         rows_t = torch.as_tensor(rows, dtype=torch.int64, device=self.device)
         y = self.y_of_row[rows_t]
+        if c.sampler == "full":
+            return self._full_step(nnz_row, nnz_col, nnz_val, y)
         neg, lq_neg = self.proposal.sample(rows_t, self.generator)
         labels = torch.stack([y, neg], 1)
         log_q = torch.stack([self.log_q_first[rows_t], lq_neg.float()], 1)
@@ -310,12 +321,46 @@ class SoftmaxTrainer:
         _adagrad_(self.b, self.b_acc, labels.reshape(-1), dxi.reshape(-1), c.lr)
         return float(loss.mean())
 
+    def _full_step(self, nnz_row: torch.Tensor, nnz_col: torch.Tensor, nnz_val: torch.Tensor,
+                   y: torch.Tensor) -> float:
+        """Adagrad on the mean full-softmax cross-entropy of the batch (labels ``y`` [B]).
+
+        Only the columns of W whose feature occurs in the batch get a gradient, so the step
+        works on those U columns ([L, U]: gathering and updating them dominates at large L);
+        the batch stays sparse (O(nnz L) products).
+        """
+        cols, inv = torch.unique(nnz_col, return_inverse=True)
+        B, U = y.shape[0], cols.shape[0]
+        x = torch.sparse_coo_tensor(torch.stack([nnz_row, inv]), nnz_val, (B, U),
+                                    check_invariants=False).coalesce()  # valid by construction
+        Wc = self.W[:, cols]                                                # [L, U] (a copy)
+        # sparse.mm is several times faster on a contiguous dense factor than on Wc.T's view.
+        logp = torch.log_softmax(torch.sparse.mm(x, Wc.T.contiguous()) + self.b, 1)  # [B, L]
+        loss = -logp.gather(1, y[:, None])[:, 0]
+        d = logp.exp()
+        d[torch.arange(B, device=self.device), y] -= 1.0                   # softmax - one-hot
+        d /= B                                                              # the mean loss
+        gW, gb = torch.sparse.mm(x.t(), d).T, d.sum(0)                      # [L, U], [L]
+        acc = self.W_acc.index_select(1, cols).addcmul_(gW, gW)
+        self.W_acc.index_copy_(1, cols, acc)
+        self.W.index_copy_(1, cols, Wc - self.config.lr * gW / (acc.sqrt() + _ADAGRAD_EPS))
+        self.b_acc += gb * gb
+        self.b -= self.config.lr * gb / (self.b_acc.sqrt() + _ADAGRAD_EPS)
+        return float(loss.mean())
+
+    def _step(self, rows: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        loss = self.train_step(rows)
+        seconds = time.perf_counter() - t0
+        self._check_finite(loss)
+        self._advance(loss, seconds)
+        return loss
+
     # ------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """``acc``/``loglik`` of the method's predictor, ``_raw`` of ``xi``, ``_aux`` of q alone."""
         X, y, rb = self.X_test_lab, self.test_y, self.config.eval_batch_size
         WT = self.W.T.contiguous()  # once per evaluation, not per block
-        from ..core.trainer import csr_to_torch
         score = lambda Xb: torch.sparse.mm(csr_to_torch(Xb, self.device), WT) + self.b  # noqa: E731
         if self._test_log_q is None:  # the proposal is fixed: log q of the test set once
             small = X.shape[0] * self.num_labels <= (1 << 26)  # else recomputed per block
@@ -323,7 +368,7 @@ class SoftmaxTrainer:
             zero = lambda Xb: torch.zeros((Xb.shape[0], self.num_labels), device=self.device)  # noqa: E731
             self._aux = evaluate_first_label(zero, X, y, {"_aux": self._test_log_q}, row_batch=rb)
         # The method's predictor: xi + log q for negative sampling (uniform: a constant, skipped),
-        # xi for NCE.
+        # xi for NCE and the full softmax.
         debias = self.config.sampler in ("adversarial", "frequency")
         out = evaluate_first_label(score, X, y, {"_raw": None, **({"": self._test_log_q} if debias else {})},
                                    row_batch=rb)
@@ -332,58 +377,11 @@ class SoftmaxTrainer:
         return {"acc": out["acc"], "loglik": out["loglik"], "acc_raw": out["acc_raw"],
                 "loglik_raw": out["loglik_raw"], **self._aux}
 
-    def _eval_and_log(self, writer: JsonlWriter | None) -> dict:
-        t0 = time.perf_counter()
-        m = self.evaluate()
-        rec = {"epoch": round(self.step / self.steps_per_epoch, 6), "step": self.step,
-               "time_s": self.time_s, "fit_s": self.fit_s,
-               "loss": self._loss_sum / self._loss_count if self._loss_count else None,
-               **m, "eval_s": time.perf_counter() - t0}
-        self._loss_sum, self._loss_count = 0.0, 0
-        self.history.append(rec)
-        if writer is not None:
-            writer.write(rec)
-        for cb in self._callbacks:
-            cb(dict(rec))
-        return rec
+    def _record_extra(self) -> dict:
+        return {"fit_s": self.fit_s}
 
-    def train(self) -> dict:
-        """Train for ``config.epochs`` epochs; returns the last evaluation record."""
-        from tqdm.auto import tqdm
-
-        from ..core.trainer import epoch_permutation
-        if self._started:
-            raise RuntimeError("train() was already called on this SoftmaxTrainer: build a new one")
-        self._started = True
-        c, writer = self.config, None
-        if self.run_dir is not None:
-            self.run_dir.prepare(resume=False, overwrite=c.overwrite)
-            self.run_dir.write_config({**c.to_dict(), "resolved": {
-                "device": str(self.device), "num_labels": self.num_labels,
+    def _resolved(self) -> dict:
+        return {"device": str(self.device), "num_labels": self.num_labels,
                 "num_features": self.num_features, "train_rows": int(self.train_rows.size),
                 "test_rows": int(self.test_y.size), "steps_per_epoch": self.steps_per_epoch,
-                "fit_s": self.fit_s, "dataset": getattr(self.dataset, "name", None)},
-                "environment": environment_info(self.device)})
-            writer = self.run_dir.metrics_writer()
-        try:
-            self._eval_and_log(writer)
-            B = c.batch_size
-            for epoch in range(c.epochs):
-                order = self.train_rows[epoch_permutation(c.seed, epoch, self.train_rows.size)]
-                for i in tqdm(range(self.steps_per_epoch), disable=not c.progress,
-                              desc=f"epoch {epoch + 1}/{c.epochs}", unit="step"):
-                    t0 = time.perf_counter()
-                    loss = self.train_step(order[i * B:(i + 1) * B])
-                    self.time_s += time.perf_counter() - t0
-                    if not math.isfinite(loss):
-                        from ..core.trainer import TrainingDiverged
-                        raise TrainingDiverged(f"training diverged: loss={loss} at step {self.step}")
-                    self.step += 1
-                    self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
-                    last = i == self.steps_per_epoch - 1
-                    if last or (c.eval_every_steps and self.step % c.eval_every_steps == 0):
-                        self._eval_and_log(writer)
-        finally:
-            if writer is not None:
-                writer.close()
-        return dict(self.history[-1])
+                "fit_s": self.fit_s, "dataset": getattr(self.dataset, "name", None)}

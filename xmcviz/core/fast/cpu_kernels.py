@@ -4,20 +4,22 @@ Why: at large L the label rows a step touches are scattered over matrices far la
 caches, so the row work is bound by memory traffic and per-op overhead, not arithmetic.  Two
 kernels replace chains of torch ops that each pass over the rows again:
 
-* :func:`fused_adam_rows`, the step of :class:`xmcviz.core.optim.RowSparseAdam`: torch's path makes
-  five passes over the touched rows (gather ``m``, gather ``v``, write them back,
-  ``index_add_`` into ``W``) with three [U, d] temporaries; the kernel reads and writes each
-  touched row of ``m``, ``v`` and ``W`` once.  At L = 1M: 31 -> 11.5 ms.
-* :func:`row_sums`, the coalesced row gradient of ``W`` (``xmcviz.core.models._row_gradient``):
-  torch's path sorts the ids, builds a CSR matrix and multiplies it with the embeddings, and
-  its sparse product zero-fills and copies the [U, d] result several times; the kernel sorts
-  composite keys with numpy and writes each distinct row once.  At L = 1M: 4-12 -> 0.9 ms
-  (``benchmarks/row_gradient.py``).
+* :func:`fused_adam_rows`, the step of :class:`xmcviz.core.optim.RowSparseAdam`: the
+  reference makes five passes over the touched rows (gather ``m``, gather ``v``, write them
+  back, ``index_add_`` into ``W``) with three [U, d] temporaries; the kernel reads and writes
+  each touched row of ``m``, ``v`` and ``W`` once.
+* :func:`row_sums`, the coalesced row gradient of ``W``
+  (:func:`xmcviz.core.fast.score._row_gradient`): torch's path sorts the ids, builds a CSR
+  matrix and multiplies it with the embeddings, and its sparse product zero-fills and copies
+  the [U, d] result several times; the kernel sorts composite keys with numpy and writes each
+  distinct row once.
 
 Same arithmetic, in float32, as the torch paths (results agree to float rounding; see
-``tests/test_cpu_kernels.py`` and ``tests/test_optim.py``).  Without numba, where the kernels
-cannot be compiled, or for tensors they cannot take (CUDA, float64, non-contiguous), the
-callers take the torch paths.  ``XMCVIZ_NUMBA=0`` turns the kernels off.
+``tests/test_fast_paths.py``, ``tests/test_cpu_kernels.py`` and ``tests/test_optim.py``;
+speed-ups in ``benchmarks/RESULTS.md``).  Without numba, where the kernels cannot be compiled,
+or for tensors they cannot take (CUDA, float64, non-contiguous), the callers take the torch
+paths.  ``XMCVIZ_NUMBA=0`` turns these kernels off, ``XMCVIZ_FAST=0`` every fast path
+(:func:`xmcviz.core.fast.enabled`).
 """
 from __future__ import annotations
 
@@ -30,13 +32,16 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from . import enabled
+
 __all__ = ["kernels_available", "fused_adam_rows", "row_sums"]
 
 
 def kernels_available(*tensors: torch.Tensor) -> bool:
     """True when the kernels can take these tensors: contiguous CPU float32, numba present and
-    the kernels compiled, and ``XMCVIZ_NUMBA`` not ``0``."""
-    if os.environ.get("XMCVIZ_NUMBA", "1") == "0":
+    the kernels compiled, the fast paths :func:`~xmcviz.core.fast.enabled` and
+    ``XMCVIZ_NUMBA`` not ``0``."""
+    if not enabled() or os.environ.get("XMCVIZ_NUMBA", "1") == "0":
         return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                for t in tensors):
@@ -46,9 +51,8 @@ def kernels_available(*tensors: torch.Tensor) -> bool:
 
 @functools.cache
 def _kernels() -> ModuleType | None:
-    """The compiled kernels' module, imported on first use (importing numba costs about 0.2 s,
-    which ``import xmcviz`` should not pay); None, after one warning, where they cannot be
-    built."""
+    """The compiled kernels' module, imported on first use (``import xmcviz`` should not pay
+    for importing numba); None, after one warning, where they cannot be built."""
     if importlib.util.find_spec("numba") is None:
         return None
     try:
@@ -99,7 +103,7 @@ def row_sums(ids: torch.Tensor, coef: torch.Tensor, emb: torch.Tensor,
     if top < 0 or top.bit_length() + shift > 62:
         return None
     # One value sort of (id << shift) | position gives the ids in order and, within an id,
-    # its entries in position order (numpy's vectorised sort: ~1 ms less than torch.sort).
+    # its entries in position order (numpy's value sort is faster here than torch.sort).
     keys = np.sort((flat[pos] << shift) | pos)
     uniq, rows = _kernels().segment_row_sums(keys, shift, coef.reshape(-1).numpy(), K,
                                              emb.detach().numpy())

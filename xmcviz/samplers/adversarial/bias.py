@@ -3,7 +3,7 @@
 A model trained with negatives drawn from p_n learns (at the optimum of the
 negative-sampling loss) ``score = log p(y|x) - log p_n(y|x)`` up to a per-row
 constant, so the unbiased ranking adds ``log p_n(y|x)`` back (Bamler & Mandt,
-ICLR 2020; SPEC section 4).  Used by :meth:`xmcviz.core.trainer.Trainer.evaluate`
+ICLR 2020; docs/background.md, section "Bias removal").  Used by :meth:`xmcviz.core.trainer.Trainer.evaluate`
 for any sampler that provides ``log_pn_all``.
 """
 from __future__ import annotations

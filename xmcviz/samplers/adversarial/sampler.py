@@ -1,4 +1,5 @@
-"""Adversarial negative sampling (Bamler & Mandt, ICLR 2020; SPEC section 4).
+"""Adversarial negative sampling (Bamler & Mandt, ICLR 2020; docs/background.md, section
+"Adversarial tree sampler").
 
 Negatives are drawn from an auxiliary model p_n(y|x) that is fitted once,
 before training, on the training data: a PCA of the inputs to k dims and a
@@ -14,6 +15,7 @@ give the same term for any (test) rows.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +24,11 @@ import torch
 from .pca import SparsePCA
 from .tree import PAIRS, LabelTree, fit_label_tree, training_pairs
 from ...validation import check_choice, check_float, check_int
-from ..base import SOURCE_ADVERSARIAL, NegativeSampler, Negatives, Positives
+from ..base import SOURCE_ADVERSARIAL, NegativeSampler, Negatives, Positives, SamplerEnv
 from ..ops import first_occurrence, positives_on
+
+if TYPE_CHECKING:
+    from ...core.config import TrainConfig
 
 
 class AdversarialSampler(NegativeSampler):
@@ -37,6 +42,17 @@ class AdversarialSampler(NegativeSampler):
 
     name = "adversarial"
     needs_model = False
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", env: SamplerEnv) -> "AdversarialSampler":
+        """Fit PCA + label tree on ``env.dataset`` (seeded by ``config.seed``), or rebuild them
+        from ``env.state`` when resuming (no refit)."""
+        if env.dataset is None:
+            raise ValueError("sampler 'adversarial' needs dataset= (its X_train, Y_train fit the tree p_n)")
+        if env.state is not None:
+            return cls.from_state_dict(env.state, env.dataset.X_train, device=env.device)
+        return fit_adversarial_sampler(env.dataset.X_train, env.dataset.Y_train, config.negatives,
+                                       seed=config.seed, device=env.device)
 
     def __init__(self, tree: LabelTree, pca: SparsePCA, X_train: sp.spmatrix | np.ndarray,
                  num_negatives: int, *, device: torch.device | str = "cpu",

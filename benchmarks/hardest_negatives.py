@@ -1,4 +1,6 @@
-"""SPEC 3.1: the hardest negatives from scratch, linear vs one-hidden-layer network (issue 3).
+"""The hardest negatives from scratch, linear vs one-hidden-layer network (issue 3).
+
+See docs/background.md, section "Hardest negatives from scratch".
 
 Four runs per seed, all from scratch with R = 100 negatives, Adam (step size 1e-3 by default)
 and no label bias:
@@ -8,13 +10,16 @@ and no label bias:
 * ``mlp-top-eta50``   the same with eta+/eta- = 50: "NN-top-re";
 * ``mlp-top-uniform`` the mlp with 5 exact hardest + 95 uniform negatives: "NN-top-uniform".
 
-``--data`` takes anything :func:`xmcviz.data.resolve` does: the default Eurlex-like preset, or
-the shared Delicious set, e.g. ``--data /work/shared/data/Delicious`` (its Mulan ARFF files).
+``--data`` takes anything :func:`xmcviz.data.resolve` does: a synthetic preset
+(``synthetic:NAME``, no download) or a folder holding a real dataset, downloaded by the user from
+the Extreme Classification Repository (http://manikvarma.org/downloads/XC/XMLRepository.html,
+bag-of-words text format) or Mulan (https://mulan.sourceforge.net/datasets-mlc.html, sparse ARFF).
+The default is the Eurlex-like preset; DATA below stands for the folder where you put the datasets.
 Prints one JSON line per run (P@1/P@5 after every epoch and the chance P@5 of the data: the
 P@5 of a random ranking) and a final JSON summary with the final P@5 per variant.
 
-    python benchmarks/spec31_hardest_negatives.py
-    python benchmarks/spec31_hardest_negatives.py --data /work/shared/data/Delicious --epochs 5
+    python benchmarks/hardest_negatives.py
+    python benchmarks/hardest_negatives.py --data DATA/Delicious --epochs 5
 """
 from __future__ import annotations
 
@@ -61,7 +66,9 @@ def run_one(dataset, data: str, name: str, seed: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="synthetic:eurlex-like")
+    ap.add_argument("--data", default="synthetic:eurlex-like",
+                    help="synthetic:NAME, or a dataset folder (XC text format from the Extreme Classification "
+                         "Repository, or Mulan ARFF)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0", help="comma-separated; seed data and trainer")
     ap.add_argument("--epochs", type=int, default=5)
