@@ -227,15 +227,55 @@ def _fn_hidden_hits(res: dict) -> tuple[bool, str]:
     out, ok = {}, True
     for label, rows in res["hidden_shares"].items():
         by = {r["source"]: r for r in rows}
-        if "uniform" in label.split(",")[0] and "uniform" in by:
+        if label.startswith("uniform") and "uniform" in by:
             out[f"{label} uniform"] = by["uniform"]["ratio"]
             ok &= 0.5 <= by["uniform"]["ratio"] <= 2  # at the base rate
-        if "mips" in by:
+        if label.startswith("mips-s") and "mips" in by:
             out[f"{label} mips"] = by["mips"]["ratio"]
             ok &= by["mips"]["ratio"] >= 3  # many times the base rate
     if not out:
         raise KeyError("no run with hidden labels")
     return ok, "hidden-positive hits / uniform base rate: " + _fmt(out)
+
+
+def _fn_lines(res: dict, prefix: str) -> dict[str, list[str]]:
+    return {lab: lines for lab, lines in res["findings"].items() if lab.startswith(prefix)}
+
+
+def _fn_mips_s_alternates_on_head_labels(res: dict) -> tuple[bool, str]:
+    ok, shown = True, []
+    for lab, lines in _fn_lines(res, "mips-s").items():
+        alt = any(line.startswith("alternation") for line in lines)
+        low = [line for line in lines if "before evaluations that dropped" in line]
+        high = [line for line in lines if "before evaluations that rose" in line]
+        rank = lambda line: float(line.split("median training-frequency rank ")[1].split()[0])
+        ok &= alt and bool(low) and bool(high) and rank(low[0]) < rank(high[0])
+        shown.append(f"{lab}: alternation {alt}, MIPS negatives' median frequency rank "
+                     f"{rank(low[0]) if low else '?'} before drops vs {rank(high[0]) if high else '?'} before rises")
+    if not shown:
+        raise KeyError("no mips-s run")
+    return ok, "; ".join(shown)
+
+
+def _fn_mips_a_collapses(res: dict) -> tuple[bool, str]:
+    runs = _fn_lines(res, "mips-a")
+    if not runs:
+        raise KeyError("no mips-a run")
+    ok = all(any("not recovered" in line for line in lines) for lines in runs.values())
+    return ok, "; ".join(f"{lab}: {lines[0]}" for lab, lines in runs.items())
+
+
+def _fn_recall(res: dict) -> tuple[bool, str]:
+    recall = {}
+    for lab, lines in res["findings"].items():
+        for line in lines:
+            if "recall@10" in line:
+                recall[lab] = float(line.split("recall@10 ")[1].split()[0])
+    uni = [v for k, v in recall.items() if k.startswith("uniform")]
+    mips = [v for k, v in recall.items() if k.startswith("mips")]
+    if not uni or not mips:
+        raise KeyError("no recall of hidden positives")
+    return max(mips) < min(uni), "recall@10 of the hidden positives: " + _fmt(recall)
 
 
 def _fn_uniform_rises(res: dict) -> tuple[bool, str]:
@@ -313,8 +353,13 @@ CLAIMS: dict[str, list[Claim]] = {
     ],
     "false_negatives": [
         Claim("uniform's P@k rises smoothly", "P@k", _fn_uniform_rises),
-        Claim("uniform negatives hit hidden positives at the base rate, MIPS negatives many times "
-              "more often (>= 3x)", "hidden share", _fn_hidden_hits),
+        Claim("uniform negatives hit hidden positives at the base rate, MIPS-s's MIPS negatives many "
+              "times more often (>= 3x)", "hidden share", _fn_hidden_hits),
+        Claim("MIPS-s alternates; its MIPS negatives are more popular before drops than before rises",
+              "popularity", _fn_mips_s_alternates_on_head_labels),
+        Claim("MIPS-a collapses after the switch and does not recover", "P@k", _fn_mips_a_collapses),
+        Claim("the MIPS runs rank the hidden positives worse than uniform (recall@10)", "hidden recall",
+              _fn_recall),
     ],
     "adversarial_sampling": [
         Claim("the trained adversarial model adds accuracy to its tree", "table", _adv_beyond_tree),

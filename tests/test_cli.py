@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from xmcviz import data
 from xmcviz.cli import COMMANDS, Command, main

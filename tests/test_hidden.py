@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from test_hooks import L, B, R, make_ctx
+from test_hooks import B, L, R, drive_windows
 from xmcviz.core.trainer import TrainConfig, Trainer
 from xmcviz.data import synthetic
 from xmcviz.data.hide import hidden_labels, hide_positives, split_positives
@@ -57,12 +57,7 @@ def test_hidden_hook_equals_recount(tmp_path):
                    device=torch.device("cpu"), dataset=_Data(visible, hidden))
     hook = HiddenPositives(window=3, rank_every=1, probe=B)
     hook.on_train_start(info)
-    ctxs = [make_ctx(step=s, seed=s, ssr=s % 4, interval=4) for s in range(7)]
-    for c in ctxs:
-        if c.steps_since_refresh == 0 and c.step > 0:
-            hook.on_refresh({"step": c.step})
-        hook.before_update(c)
-    hook.close()
+    ctxs = drive_windows(hook)
     recs = [r for r in read_jsonl(tmp_path / "hooks" / "hidden.jsonl") if r["kind"] != "eval"]
     assert {(r["kind"], r["start_step"], r["end_step"]) for r in recs} == {
         ("refresh", 0, 4), ("refresh", 4, 7), ("steps", 0, 3), ("steps", 3, 6), ("steps", 6, 7)}

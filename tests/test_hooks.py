@@ -143,15 +143,22 @@ def test_gradient_score_means_of_rows_without_entries_are_nan():
     assert torch.isnan(t["sig_neg"][2]) and torch.isfinite(t["sig_neg"][torch.arange(B) != 2]).all()
 
 
-def test_frequencies_equal_recount(tmp_path):
-    hook = LabelFrequency(every=1, window=3)
-    hook.on_train_start(run_info(tmp_path))
-    ctxs = [make_ctx(step=s, seed=s, ssr=s % 4, interval=4) for s in range(7)]
+def drive_windows(hook, steps: int = 7, interval: int = 4) -> list:
+    """Seven steps with a refresh every ``interval`` (windows of 3 steps in the tests), then close:
+    the steps and refresh windows that the windowed hooks write; returns the contexts."""
+    ctxs = [make_ctx(step=s, seed=s, ssr=s % interval, interval=interval) for s in range(steps)]
     for c in ctxs:
         if c.steps_since_refresh == 0 and c.step > 0:
             hook.on_refresh({"step": c.step})
         hook.before_update(c)
     hook.close()
+    return ctxs
+
+
+def test_frequencies_equal_recount(tmp_path):
+    hook = LabelFrequency(every=1, window=3)
+    hook.on_train_start(run_info(tmp_path))
+    ctxs = drive_windows(hook)
     summaries = read_jsonl(tmp_path / "hooks" / "freq.jsonl")
     rec = read_records(tmp_path / "hooks" / "freq.bin")
     wins = {s["window"]: s for s in summaries if s["source"] == "all"}

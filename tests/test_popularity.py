@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from test_hooks import L, make_ctx
+from test_hooks import L, drive_windows, make_ctx
 from xmcviz.hooks.base import RunInfo
 from xmcviz.hooks.popularity import (CLASSES, NegativePopularity, frequency_ranks, median_from_hist,
                                      rank_bin, read_frequency_ranks)
@@ -59,12 +59,7 @@ def test_popularity_equals_recount(tmp_path):
                    device=torch.device("cpu"), dataset=_Data(Y))
     hook = NegativePopularity(every=1, window=3)
     hook.on_train_start(info)
-    ctxs = [make_ctx(step=s, seed=s, ssr=s % 4, interval=4) for s in range(7)]
-    for c in ctxs:
-        if c.steps_since_refresh == 0 and c.step > 0:
-            hook.on_refresh({"step": c.step})
-        hook.before_update(c)
-    hook.close()
+    ctxs = drive_windows(hook)
     recs = read_jsonl(tmp_path / "hooks" / "popularity.jsonl")
     rank, cls = frequency_ranks(Y, L)
     np.testing.assert_array_equal(read_frequency_ranks(tmp_path), rank)
