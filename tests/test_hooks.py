@@ -322,7 +322,7 @@ def test_full_scoring_hooks_thin_out_at_large_label_counts(tmp_path):
 
     assert interval_for(20, 4096) == 20 and interval_for(20, FULL_SCORE_LABELS) == 20
     assert interval_for(20, 670_091) == round(20 * 670_091 / FULL_SCORE_LABELS)
-    for cls, base in ((NegativeRanks, 20), (IndexStaleness, 10)):
+    for cls, base in ((NegativeRanks, 20), (IndexStaleness, 10), (GradientDominance, 20)):
         for L, expect in ((4096, base), (670_091, interval_for(base, 670_091))):
             hook = cls()
             hook.on_train_start(RunInfo(run_dir=None, config={}, num_labels=L, num_features=D,

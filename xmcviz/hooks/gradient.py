@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .base import StepContext
-from .recording import RecordingHook, to_numpy
+from .recording import FullScoringHook, to_numpy
 
 GRAD_DTYPE = np.dtype([("step", "<i8"), ("row", "<i4"), ("norm_pos", "<f4"), ("norm_neg", "<f4"),
                        ("norm_neg_full", "<f4"), ("cos_pos_neg", "<f4"), ("cos_sampled_full", "<f4"),
@@ -84,13 +84,15 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
 
 
-class GradientDominance(RecordingHook):
+class GradientDominance(FullScoringHook):
     """Log gradient-term norms and cosines for ``probe`` rows every ``every`` steps."""
 
     name = "grad"
     record_dtypes = {"": GRAD_DTYPE}
 
-    def __init__(self, every: int = 20, probe: int = 50, label_chunk: int = 65536) -> None:
+    default_every = 20
+
+    def __init__(self, every: int | None = None, probe: int = 50, label_chunk: int = 65536) -> None:
         super().__init__(every, probe)
         self.label_chunk = label_chunk
 

@@ -16,32 +16,25 @@ import torch
 
 from ..samplers.base import SOURCE_NAMES
 from ..core.topk import true_ranks
-from .base import RunInfo, StepContext
-from .recording import RecordingHook, interval_fields, interval_for, to_numpy
-
-DEFAULT_EVERY = 20
+from .base import StepContext
+from .recording import FullScoringHook, interval_fields, to_numpy
 
 RANK_DTYPE = np.dtype([("step", "<i8"), ("epoch", "<i4"), ("steps_since_refresh", "<i4"),
                        ("refresh_interval", "<i4"), ("row", "<i4"), ("label", "<i4"),
                        ("source", "u1"), ("rank", "<i4")])
 
 
-class NegativeRanks(RecordingHook):
+class NegativeRanks(FullScoringHook):
     """Log true ranks of the negatives of ``probe`` rows every ``every`` steps."""
 
     name = "ranks"
     record_dtypes = {"": RANK_DTYPE}
 
-    def __init__(self, every: int | None = None, probe: int = 50, label_chunk: int = 65536) -> None:
-        # None: every 20 steps, more at large L (recording.interval_for), set at train start.
-        super().__init__(DEFAULT_EVERY if every is None else every, probe)
-        self._auto_every = every is None
-        self.label_chunk = label_chunk
+    default_every = 20
 
-    def on_train_start(self, run: RunInfo) -> None:
-        if self._auto_every:
-            self.every = interval_for(DEFAULT_EVERY, run.num_labels)
-        super().on_train_start(run)
+    def __init__(self, every: int | None = None, probe: int = 50, label_chunk: int = 65536) -> None:
+        super().__init__(every, probe)
+        self.label_chunk = label_chunk
 
     @torch.no_grad()
     def before_update(self, ctx: StepContext) -> None:

@@ -83,6 +83,24 @@ def interval_for(base: int, num_labels: int) -> int:
     return max(int(base), round(base * num_labels / FULL_SCORE_LABELS))
 
 
+class FullScoringHook(RecordingHook):
+    """A recording hook that scores all L labels for its probe rows on the steps it logs
+    (``ranks``, ``grad``, ``staleness``).  Given no interval, it logs every ``default_every``
+    steps, less often above :data:`FULL_SCORE_LABELS` labels (:func:`interval_for`), so its cost
+    and its bytes per epoch stay bounded at any L; an interval given is kept."""
+
+    default_every: int = 20
+
+    def __init__(self, every: int | None = None, probe: int | None = 50, seed: int = 0) -> None:
+        super().__init__(self.default_every if every is None else every, probe, seed)
+        self._auto_every = every is None
+
+    def on_train_start(self, run: RunInfo) -> None:
+        if self._auto_every:
+            self.every = interval_for(self.default_every, run.num_labels)
+        super().on_train_start(run)
+
+
 def interval_fields(ctx) -> dict:
     """Refresh-interval position of a step (-1 when the sampler never refreshes)."""
     ssr = ctx.steps_since_refresh

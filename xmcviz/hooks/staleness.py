@@ -20,10 +20,8 @@ import torch
 from ..samplers.faiss_index import MipsIndex
 from ..core.topk import topk_labels
 from ..validation import check_int
-from .base import RunInfo, StepContext
-from .recording import RecordingHook, interval_fields, interval_for
-
-DEFAULT_EVERY = 10
+from .base import StepContext
+from .recording import FullScoringHook, interval_fields
 
 
 def find_index(sampler) -> MipsIndex | None:
@@ -41,23 +39,18 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return hit.any(dim=2).sum(dim=1)
 
 
-class IndexStaleness(RecordingHook):
+class IndexStaleness(FullScoringHook):
     """Recall of the MIPS index against exact search under the current model."""
 
     name = "staleness"
 
+    default_every = 10
+
     def __init__(self, every: int | None = None, probe: int = 50, k: int | None = None) -> None:
-        # None: every 10 steps, more at large L (recording.interval_for), set at train start.
-        super().__init__(DEFAULT_EVERY if every is None else every, probe)
-        self._auto_every = every is None
+        super().__init__(every, probe)
         self.k = None if k is None else check_int("k", k, 1)
         self._snap_key: tuple | None = None
         self._snap: tuple[torch.Tensor, torch.Tensor | None] | None = None
-
-    def on_train_start(self, run: RunInfo) -> None:
-        if self._auto_every:
-            self.every = interval_for(DEFAULT_EVERY, run.num_labels)
-        super().on_train_start(run)
 
     @torch.no_grad()
     def before_update(self, ctx: StepContext) -> None:
