@@ -53,3 +53,38 @@ def pytest_configure(config):
     # Tiny tensors: several threads per op only oversubscribe the 2 CI cores (50x slower steps).
     import torch
     torch.set_num_threads(1)
+
+
+#: Debian's Chromium; the browser tests drive it through Playwright.
+CHROMIUM = os.environ.get("XMCVIZ_CHROMIUM", "/usr/bin/chromium")
+
+
+def require_browser() -> None:
+    """Skip without Chromium or Playwright; with ``XMCVIZ_REQUIRE_BROWSER=1`` (CI) fail instead."""
+    required = os.environ.get("XMCVIZ_REQUIRE_BROWSER") == "1"
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if required else pytest.skip)(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    if required:
+        import playwright.sync_api  # noqa: F401  (an ImportError fails the check in CI)
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+
+@pytest.fixture
+def browser_page():
+    """``(page, errors)``: a headless Chromium page and the JavaScript errors it reports (console
+    errors and uncaught exceptions), collected while the test runs; see :func:`require_browser`."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            yield page, errors
+        finally:
+            browser.close()
+

@@ -8,7 +8,6 @@ run finishes, and that no JavaScript or widget error appears.  With
 ``docs/img/live_figure.png`` was made).  Skips when Chromium or Playwright is missing.
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_browser
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("XMCVIZ_CHROMIUM", "/usr/bin/chromium")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TOKEN = "xmcviz-browser-test"
 # JS: number of points plotly drew in each figure of the widget outputs (_fullData holds the
@@ -37,15 +37,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
-    # CI sets XMCVIZ_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
-    required = os.environ.get("XMCVIZ_REQUIRE_BROWSER") == "1"
-    if not Path(CHROMIUM).exists():
-        if required:
-            pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    if required:
-        import playwright.sync_api  # noqa: F401  (an ImportError fails the check in CI)
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    require_browser()  # before starting JupyterLab
     import nbformat
 
     root = tmp_path / "lab"
@@ -86,65 +78,54 @@ def lab(tmp_path):
         log.close()
 
 
-def test_tour_live_figure_in_chromium(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_tour_live_figure_in_chromium(lab, tmp_path, browser_page):
+    page, errors = browser_page
+    page.goto(f"{lab}/lab/tree/tour.ipynb?token={TOKEN}", timeout=60000)
+    # Through JupyterLab's command registry (window.jupyterapp): menus race the kernel start.
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60000)
+    page.evaluate("""async () => {
+        const nb = window.jupyterapp.shell.currentWidget;
+        await nb.context.ready;
+        await nb.sessionContext.ready;
+        await window.jupyterapp.commands.execute('notebook:run-all-cells');
+    }""")
+    train = page.locator(".jupyter-widgets button", has_text="Train").first
+    try:
+        train.wait_for(timeout=90000)
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        raise AssertionError(f"no Train button; page text: {page.inner_text('body')[-3000:]}; "
+                             f"errors: {errors}; screenshot {tmp_path / 'failure.png'}")
+    train.scroll_into_view_if_needed()
+    train.click()
 
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-            page.goto(f"{lab}/lab/tree/tour.ipynb?token={TOKEN}", timeout=60000)
-            # Through JupyterLab's command registry (window.jupyterapp): menus race the kernel start.
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60000)
-            page.evaluate("""async () => {
-                const nb = window.jupyterapp.shell.currentWidget;
-                await nb.context.ready;
-                await nb.sessionContext.ready;
-                await window.jupyterapp.commands.execute('notebook:run-all-cells');
-            }""")
-            train = page.locator(".jupyter-widgets button", has_text="Train").first
-            try:
-                train.wait_for(timeout=90000)
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-                raise AssertionError(f"no Train button; page text: {page.inner_text('body')[-3000:]}; "
-                                     f"errors: {errors}; screenshot {tmp_path / 'failure.png'}")
-            train.scroll_into_view_if_needed()
-            train.click()
-
-            snapshots: list[list[int]] = []
-            status = page.locator(".jupyter-widgets .widget-html-content").filter(has_text="mlp-top").first
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                snapshots.append(page.evaluate(POINTS_JS))
-                text = status.inner_text() if status.count() else ""
-                if "P@5 =" in text or "failed" in text:
-                    break
-                time.sleep(0.3)
-            else:
-                pytest.fail(f"the run did not finish in time; snapshots {snapshots[-5:]}")
-            assert "P@5 =" in text, text
-            time.sleep(0.5)
-            snapshots.append(page.evaluate(POINTS_JS))
-            totals = [sum(s) for s in snapshots if s]
-            # Live: the figures had data before the end, and more of it later.
-            assert len(set(totals)) >= 3, f"figure did not change during training: {totals}"
-            assert totals[-1] > min(totals) > 0 or totals[-1] > totals[0]
-            body = page.inner_text("body")
-            for bad in ("Error displaying widget", "Failed to load model", "Error rendering output"):
-                assert bad not in body
-            shot = os.environ.get("XMCVIZ_SCREENSHOT")
-            if shot:
-                page.add_style_tag(content=".Toastify { display: none !important; }")  # news prompt
-                fig = page.locator(".jupyter-widgets .js-plotly-plot").first
-                fig.scroll_into_view_if_needed()
-                page.locator(".jupyter-widgets.widget-vbox").first.screenshot(path=shot)
-        finally:
-            browser.close()
+    snapshots: list[list[int]] = []
+    status = page.locator(".jupyter-widgets .widget-html-content").filter(has_text="mlp-top").first
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        snapshots.append(page.evaluate(POINTS_JS))
+        text = status.inner_text() if status.count() else ""
+        if "P@5 =" in text or "failed" in text:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"the run did not finish in time; snapshots {snapshots[-5:]}")
+    assert "P@5 =" in text, text
+    time.sleep(0.5)
+    snapshots.append(page.evaluate(POINTS_JS))
+    totals = [sum(s) for s in snapshots if s]
+    # Live: the figures had data before the end, and more of it later.
+    assert len(set(totals)) >= 3, f"figure did not change during training: {totals}"
+    assert totals[-1] > min(totals) > 0 or totals[-1] > totals[0]
+    body = page.inner_text("body")
+    for bad in ("Error displaying widget", "Failed to load model", "Error rendering output"):
+        assert bad not in body
+    shot = os.environ.get("XMCVIZ_SCREENSHOT")
+    if shot:
+        page.add_style_tag(content=".Toastify { display: none !important; }")  # news prompt
+        fig = page.locator(".jupyter-widgets .js-plotly-plot").first
+        fig.scroll_into_view_if_needed()
+        page.locator(".jupyter-widgets.widget-vbox").first.screenshot(path=shot)
     real = [e for e in errors if "favicon" not in e]
     assert not real, "\n".join(real)

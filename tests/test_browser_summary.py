@@ -14,22 +14,12 @@ from xmcviz.sweep import RunRecord, slug_for, write_outputs
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("XMCVIZ_CHROMIUM", "/usr/bin/chromium")
 # JS: per trace of the summary figure, its axis, name, drawn points and error bar values.
 TRACES_JS = """() => {
   const gd = document.getElementById('sweep-summary');
   return (gd && gd._fullData || []).map(t => ({axis: t.xaxis, name: t.name,
     n: (t.x || []).length, errors: t.error_y && t.error_y.visible ? t.error_y.array.length : 0}));
 }"""
-
-
-def _browser_or_skip() -> None:
-    required = os.environ.get("XMCVIZ_REQUIRE_BROWSER") == "1"
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if required else pytest.skip)(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    if required:
-        import playwright.sync_api  # noqa: F401  (an ImportError fails the check in CI)
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 
 def _summary(out: Path) -> Path:
@@ -51,44 +41,32 @@ def _summary(out: Path) -> Path:
     return out / "summary.html"
 
 
-def test_sweep_summary_renders_figure_and_table_in_chromium(tmp_path):
-    _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
+def test_sweep_summary_renders_figure_and_table_in_chromium(tmp_path, browser_page):
+    page, errors = browser_page
     page_path = _summary(tmp_path / "sweep")
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-            page.goto(page_path.as_uri(), timeout=60000)
-            page.wait_for_function("() => document.querySelector('#sweep-summary .main-svg')",
-                                   timeout=60000)
-            traces = page.evaluate(TRACES_JS)
-            # Two panels (k, sampler; seed averaged), one line per run label in each, error bars.
-            assert [(t["axis"], t["name"]) for t in traces] == [
-                ("x", "mips-a"), ("x", "mips-s"), ("x2", "mips-a"), ("x2", "mips-s")]
-            assert [t["n"] for t in traces] == [3, 3, 2, 2]
-            assert all(t["errors"] == t["n"] for t in traces)
-            # Plotly drew them: one line path per trace, one panel title per parameter.
-            assert page.locator("#sweep-summary .scatterlayer .trace").count() == 4
-            titles = page.locator("#sweep-summary .annotation-text").all_text_contents()
-            assert any("vs k" in t for t in titles) and any("vs sampler" in t for t in titles)
-            legend = page.locator("#sweep-summary .legendtext").all_text_contents()
-            assert legend == ["mips-a", "mips-s"]
-            # The long table: one row per cell and run label, plus the failed cell.
-            rows = page.locator("table.sweep tbody tr")
-            assert rows.count() == 11 * 2 + 1
-            header = page.locator("table.sweep thead th").all_inner_texts()
-            assert header[:5] == ["k", "sampler", "seed", "label", "P@5"]
-            assert page.locator("table.sweep td.failed").count() == 1
-            assert "k=50__sampler=mips-s__seed=1" in page.inner_text("#sweep-failed")
-            shot = os.environ.get("XMCVIZ_SCREENSHOT")
-            if shot:
-                page.screenshot(path=shot, full_page=False)
-        finally:
-            browser.close()
+    page.goto(page_path.as_uri(), timeout=60000)
+    page.wait_for_function("() => document.querySelector('#sweep-summary .main-svg')",
+                           timeout=60000)
+    traces = page.evaluate(TRACES_JS)
+    # Two panels (k, sampler; seed averaged), one line per run label in each, error bars.
+    assert [(t["axis"], t["name"]) for t in traces] == [
+        ("x", "mips-a"), ("x", "mips-s"), ("x2", "mips-a"), ("x2", "mips-s")]
+    assert [t["n"] for t in traces] == [3, 3, 2, 2]
+    assert all(t["errors"] == t["n"] for t in traces)
+    # Plotly drew them: one line path per trace, one panel title per parameter.
+    assert page.locator("#sweep-summary .scatterlayer .trace").count() == 4
+    titles = page.locator("#sweep-summary .annotation-text").all_text_contents()
+    assert any("vs k" in t for t in titles) and any("vs sampler" in t for t in titles)
+    legend = page.locator("#sweep-summary .legendtext").all_text_contents()
+    assert legend == ["mips-a", "mips-s"]
+    # The long table: one row per cell and run label, plus the failed cell.
+    rows = page.locator("table.sweep tbody tr")
+    assert rows.count() == 11 * 2 + 1
+    header = page.locator("table.sweep thead th").all_inner_texts()
+    assert header[:5] == ["k", "sampler", "seed", "label", "P@5"]
+    assert page.locator("table.sweep td.failed").count() == 1
+    assert "k=50__sampler=mips-s__seed=1" in page.inner_text("#sweep-failed")
+    shot = os.environ.get("XMCVIZ_SCREENSHOT")
+    if shot:
+        page.screenshot(path=shot, full_page=False)
     assert not errors, "\n".join(errors)

@@ -22,6 +22,20 @@ _MAX_ID_DIGITS = 18  # int64 holds them; longer ids (leading zeros) take the num
 
 
 @numba.njit(cache=True, boundscheck=False, nogil=True)
+def _read_id(buf, i, n):  # type: ignore[no-untyped-def]
+    """The decimal id at ``buf[i:]``: ``(value, digits, next i)``; digits is -1 past
+    ``_MAX_ID_DIGITS`` (the row then goes to the numpy path), 0 when there is no digit."""
+    v, nd = 0, 0
+    while i < n and _ZERO <= buf[i] <= _NINE:
+        v = v * 10 + (buf[i] - _ZERO)
+        nd += 1
+        i += 1
+        if nd > _MAX_ID_DIGITS:
+            return v, -1, i
+    return v, nd, i
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def parse_rows(buf, n_features, n_labels, y_counts, y_ids, x_counts, x_ids, x_vals,
                slow_tok, slow_start, slow_end):  # type: ignore[no-untyped-def]
     """Rows of ``buf`` (whole lines joined by newlines, no trailing newline).
@@ -41,14 +55,8 @@ def parse_rows(buf, n_features, n_labels, y_counts, y_ids, x_counts, x_ids, x_va
         cnt, prev = 0, -1
         if i < n and buf[i] != _SP and buf[i] != _NL:
             while True:
-                v, nd = 0, 0
-                while i < n and _ZERO <= buf[i] <= _NINE:
-                    v = v * 10 + (buf[i] - _ZERO)
-                    nd += 1
-                    i += 1
-                    if nd > _MAX_ID_DIGITS:
-                        return BAD, row, row, ny, nx, ns, y_sorted, x_sorted, n_zero
-                if nd == 0 or v >= n_labels:
+                v, nd, i = _read_id(buf, i, n)
+                if nd <= 0 or v >= n_labels:
                     return BAD, row, row, ny, nx, ns, y_sorted, x_sorted, n_zero
                 y_ids[ny] = v
                 ny += 1
@@ -69,14 +77,8 @@ def parse_rows(buf, n_features, n_labels, y_counts, y_ids, x_counts, x_ids, x_va
             if buf[i] == _SP:
                 i += 1
                 continue
-            v, nd = 0, 0
-            while i < n and _ZERO <= buf[i] <= _NINE:
-                v = v * 10 + (buf[i] - _ZERO)
-                nd += 1
-                i += 1
-                if nd > _MAX_ID_DIGITS:
-                    return BAD, row, row, ny, nx, ns, y_sorted, x_sorted, n_zero
-            if nd == 0 or v >= n_features or i >= n or buf[i] != _COLON:
+            v, nd, i = _read_id(buf, i, n)
+            if nd <= 0 or v >= n_features or i >= n or buf[i] != _COLON:
                 return BAD, row, row, ny, nx, ns, y_sorted, x_sorted, n_zero
             i += 1
             start = i
