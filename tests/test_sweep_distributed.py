@@ -5,24 +5,20 @@ while its cell runs. Real processes, no mocks; every process is stopped even on 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from xmcviz.sweep import SweepError, add_sweep_arguments, run_sweep, run_sweep_cli
-
-ECHO = Path(__file__).parent / "notebooks" / "echo.ipynb"
+from test_sweep import cli, echo  # noqa: F401  (echo: the fixture notebook, a private copy)
+from xmcviz.sweep import SweepError, run_sweep
 START_TIMEOUT_S = 120  # a busy 2-core machine starts three Python processes slowly
 
 
@@ -78,18 +74,6 @@ def scheduler(tmp_path_factory) -> str:
     finally:
         for proc in reversed(procs):
             _stop(proc)
-
-
-@pytest.fixture
-def echo(tmp_path: Path) -> Path:
-    d = tmp_path / "nb"
-    d.mkdir()
-    return Path(shutil.copy(ECHO, d / "echo.ipynb"))
-
-
-def cli(*argv) -> int:
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="xmcviz sweep"))
-    return run_sweep_cli(parser.parse_args([str(a) for a in argv]))
 
 
 def test_a_grid_on_a_separate_scheduler_records_a_failure_and_resumes(scheduler, echo, tmp_path,
